@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.<name>`; each prints a table and a JSON line."""

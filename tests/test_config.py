@@ -1,0 +1,66 @@
+"""Typed configs: YAML presets, overrides, refusal of unknown keys and wrong types."""
+
+import dataclasses
+
+import pytest
+
+from tnn.config import flatten, from_dict, load, parse_overrides, to_dict
+from tnn.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    hidden: tuple[int, ...] = (100, 100)
+    name: str | None = None
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"inner.lr must be > 0; got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    epochs: int = 10
+    smoke: bool = False
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_defaults_preset_and_overrides(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("epochs: 3\ninner:\n  hidden: [8, 4]\n")
+    cfg = load(Outer, preset, ["inner.lr=0.01", "smoke=true"])
+    assert cfg == Outer(epochs=3, smoke=True, inner=Inner(lr=0.01, hidden=(8, 4)))
+    assert load(Outer) == Outer()
+
+
+def test_round_trip_and_flatten():
+    cfg = Outer(inner=Inner(hidden=(3,), name="x"))
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    assert flatten(cfg) == {"epochs": 10, "smoke": False, "inner.lr": 1e-3,
+                            "inner.hidden": [3], "inner.name": "x"}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epoch": 3}, "unknown key.s. epoch; known under <root>: epochs, smoke, inner"),
+    ({"inner": {"lrr": 1}}, "unknown key.s. inner.lrr"),
+    ({"epochs": "ten"}, "config epochs: expected int; got 'ten'"),
+    ({"epochs": True}, "config epochs: expected int; got True"),
+    ({"inner": {"hidden": 5}}, "config inner.hidden: expected a list"),
+    ({"inner": {"lr": -1.0}}, "inner.lr must be > 0; got -1.0"),
+    ({"inner": 3}, "config inner.: expected a mapping"),
+])
+def test_bad_configs_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Outer, data)
+
+
+def test_override_syntax_and_missing_file(tmp_path):
+    assert parse_overrides(["a.b=[1, 2]", "c=x"]) == {"a": {"b": [1, 2]}, "c": "x"}
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        parse_overrides(["novalue"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load(Outer, tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(Outer, tmp_path / "bad.yaml")

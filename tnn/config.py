@@ -1,0 +1,127 @@
+"""Typed configs: frozen dataclass trees loaded from YAML presets plus `key.sub=value` overrides.
+
+A preset holds only what it changes; everything else keeps the dataclass default. Unknown
+keys and values of the wrong type are refused with the full dotted key. `to_dict` gives the
+resolved config (printed at start, saved with runs); `flatten` gives `a.b.c -> value` pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tnn.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A dataclass tree as plain dicts, lists and scalars (YAML/JSON safe)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def flatten(d: dict | Any, prefix: str = "") -> dict[str, Any]:
+    """`{'a': {'b': 1}}` -> `{'a.b': 1}` (dataclasses are converted first)."""
+    if dataclasses.is_dataclass(d):
+        d = to_dict(d)
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
+    """Build `cls` from a (partial) dict, refusing unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {where or '<root>'}: expected a mapping; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"config: unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"known under {where or '<root>'}: {', '.join(names)}")
+    kwargs = {k: _coerce(hints[k], v, where + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config {where or '<root>'}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config {key}: expected a list; got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, key) for v in value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and not
+                                       (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"config {key}: expected {tp.__name__}; got {value!r}")
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`['train.lr=0.01', 'model.hidden=[64,64]']` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge `extra` into a copy of `base`."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of `cls`, then the YAML preset at `path`, then `overrides`."""
+    data: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return from_dict(cls, merge(data, parse_overrides(overrides or [])))
