@@ -64,3 +64,15 @@ def test_override_syntax_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(Outer, tmp_path / "bad.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class WithFactory:
+    inner: Inner = dataclasses.field(default_factory=lambda: Inner(lr=0.5, name="tuned"))
+
+
+def test_partial_override_keeps_the_default_factory_values():
+    cfg = from_dict(WithFactory, {"inner": {"hidden": [1]}})
+    assert cfg.inner == Inner(lr=0.5, hidden=(1,), name="tuned")
+    with pytest.raises(ConfigError, match="config inner.lr: expected float; got 'abc'"):
+        from_dict(WithFactory, {"inner": {"lr": "abc"}})

@@ -56,13 +56,24 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     if unknown:
         raise ConfigError(f"config: unknown key(s) {', '.join(where + k for k in unknown)}; "
                           f"known under {where or '<root>'}: {', '.join(names)}")
-    kwargs = {k: _coerce(hints[k], v, where + k) for k, v in data.items()}
+    kwargs = {k: _coerce(hints[k], _with_defaults(cls, k, v), where + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config {where or '<root>'}: {err}") from None
+
+
+def _with_defaults(cls, name: str, value: Any) -> Any:
+    """A partial mapping for a dataclass-valued field, completed by that field's default
+    (so a preset that changes one nested key keeps the default factory's other values)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING \
+        else field.default
+    if isinstance(value, dict) and dataclasses.is_dataclass(default):
+        return merge(to_dict(default), value)
+    return value
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -79,8 +90,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config {key}: expected a list; got {value!r}")
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, key) for v in value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config {key}: expected float; got {value!r}")
     if tp in (int, str, bool) and not (isinstance(value, tp) and not
                                        (tp is int and isinstance(value, bool))):
         raise ConfigError(f"config {key}: expected {tp.__name__}; got {value!r}")

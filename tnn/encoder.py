@@ -77,6 +77,25 @@ class Encoder(nn.Module):
         return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
 
 
+class Ensemble(nn.Module):
+    """Several two-branch nets as one: each member's unit embedding scaled by 1/sqrt(E) and
+    concatenated, so the cosine similarity of the ensemble is the mean of the members'."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def _cat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        scale = len(parts) ** -0.5
+        return torch.cat([nn.functional.normalize(p, dim=1) * scale for p in parts], dim=1)
+
+    def encode_audio(self, x: torch.Tensor) -> torch.Tensor:
+        return self._cat([m.encode_audio(x) for m in self.members])  # (N, E * k)
+
+    def encode_visual(self, y: torch.Tensor) -> torch.Tensor:
+        return self._cat([m.encode_visual(y) for m in self.members])
+
+
 def _in_width(module: nn.Module) -> int:
     first = module[0] if isinstance(module, nn.Sequential) else module
     return int(first.mean.shape[0])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tnn.cca import CCAStats, fit_cca
-from tnn.encoder import Affine, Encoder, standardizer
+from tnn.encoder import Affine, Encoder, Ensemble, standardizer
 from tnn.errors import ConfigError
 from tnn.folds import validation_split
 from tnn.losses import combined_loss
@@ -87,6 +87,12 @@ class TNNConfig:
     """Branch preset from `tnn.model.PRESETS`; its out_dim is replaced by cca.dim for e2e."""
     shared: bool | None = None
     """One network for both modalities; None = share when the input widths are equal."""
+    hidden: tuple[int, ...] | None = None
+    """Hidden widths replacing the preset's (None keeps the preset's)."""
+    dropout: float | None = None
+    """Dropout replacing the preset's (None keeps the preset's)."""
+    ensemble: int = 1
+    """Train this many networks from different seeds and average their unit embeddings."""
     cca: CCAConfig = dataclasses.field(default_factory=CCAConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -128,21 +134,31 @@ def validation_map(encoder: Encoder, val: Pairs) -> float:
 
 
 def fit_tnn(train: Pairs, cfg: TNNConfig, log: Callable[[str], None] = print) -> tuple[Encoder, list]:
-    """Fit one TNN pipeline on `train`; returns the selected encoder and per-epoch history."""
-    torch.manual_seed(cfg.train.seed)
+    """Fit one TNN pipeline on `train`; returns the selected encoder and per-epoch history.
+
+    With `ensemble` > 1 the members differ only in their seed (initialisation, batch order).
+    """
     fit_idx, val_idx = validation_split(train.labels, cfg.train.val_fraction, cfg.train.seed)
     fit, val = train.subset(fit_idx), train.subset(val_idx)
     two_stage = cfg.pipeline == "two-stage"
     a_in, v_in = input_maps(fit, cfg.cca, project=two_stage)
-    net = build_net(cfg, a_in, v_in, fit)
-    encoder = Encoder(a_in, v_in, net, fit.audio.shape[1], fit.visual.shape[1])
-    history = train_network(encoder, fit, val, cfg, log)
+    dims = (fit.audio.shape[1], fit.visual.shape[1])
+    nets, history = [], []
+    for member in range(cfg.ensemble):
+        member_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * member))
+        torch.manual_seed(member_cfg.train.seed)
+        net = build_net(member_cfg, a_in, v_in, fit)
+        history += [{"member": member, **h} for h in
+                    train_network(Encoder(a_in, v_in, net, *dims), fit, val, member_cfg, log)]
+        nets.append(net)
+    encoder = Encoder(a_in, v_in, nets[0] if len(nets) == 1 else Ensemble(nets), *dims)
     if two_stage:
-        first = Encoder(a_in, v_in, None, fit.audio.shape[1], fit.visual.shape[1])
-        first_map, best = validation_map(first, val), max(h["val_map"] for h in history) if history else -1
-        if first_map >= best:
-            log(f"  first stage alone scores higher on validation ({first_map:.4f} >= {best:.4f}): "
-                "keeping cluster-CCA")
+        first = Encoder(a_in, v_in, None, *dims)
+        first_map, final_map = validation_map(first, val), validation_map(encoder, val)
+        if first_map >= final_map:
+            log(f"  first stage alone scores higher on validation ({first_map:.4f} >= "
+                f"{final_map:.4f}): keeping cluster-CCA")
             return first, history
     return encoder, history
 
@@ -155,6 +171,10 @@ def build_net(cfg: TNNConfig, a_in: nn.Module, v_in: nn.Module, fit: Pairs) -> T
     branch = PRESETS[cfg.preset]
     if cfg.pipeline == "e2e":
         branch = dataclasses.replace(branch, out_dim=cfg.cca.dim)
+    if cfg.hidden is not None:
+        branch = dataclasses.replace(branch, hidden=tuple(cfg.hidden))
+    if cfg.dropout is not None:
+        branch = dataclasses.replace(branch, dropout=cfg.dropout)
     shared = (da == dv) if cfg.shared is None else cfg.shared
     return TwoBranchNet(da, dv, branch, branch, shared=shared)
 

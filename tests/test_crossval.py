@@ -1,0 +1,52 @@
+"""jobs.crossval: the paper's protocol end to end, its JSON contract and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs import crossval
+
+KEYS = {"a2v_map", "v2a_map", "a2v_map_folds", "v2a_map_folds", "mrr1_a2v", "mrr1_v2a",
+        "fit_seconds", "params"}
+
+
+def test_bundled_cca_numbers_and_json_contract(tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    assert crossval.main(["--methods", "cca,c-cca", "--dim", "9", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["data"] == "uci-mfeat:fou,pix" and res["folds"] == 5
+    for name in ("cca", "c-cca"):
+        assert KEYS <= set(res["methods"][name]) and len(res["methods"][name]["a2v_map_folds"]) == 5
+    cca, ccca = res["methods"]["cca"], res["methods"]["c-cca"]
+    # The independently measured values on this protocol (fou -> pix, seed 0, k 9, ridge 1e-3).
+    assert abs(cca["a2v_map"] - 0.586) < 0.02 and abs(cca["v2a_map"] - 0.577) < 0.02
+    assert abs(ccca["a2v_map"] - 0.71) < 0.02 and abs(ccca["v2a_map"] - 0.68) < 0.02
+    assert ccca["params"]["dim"] == 9 and cca["params"]["beta"] == 1.0
+    text = capsys.readouterr().out
+    assert "crossval: best c-cca mean MAP" in text.splitlines()[-1]
+    assert "method" in text and "MRR@1" in text
+
+
+def test_smoke_runs_the_tnn_methods(tmp_path):
+    out = tmp_path / "cv.json"
+    assert crossval.main(["--smoke", "--methods", "tnn-c-cca,tnn-e2e", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["folds"] == 2 and set(res["methods"]) == {"tnn-c-cca", "tnn-e2e"}
+    assert res["methods"]["tnn-e2e"]["params"]["pipeline"] == "e2e"
+
+
+def test_npz_source_and_errors(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", audio=rng.normal(size=(60, 5)), visual=rng.normal(size=(60, 7)),
+             labels=np.arange(60) % 3)
+    assert crossval.main(["--data", f"npz:{tmp_path / 'd.npz'}", "--methods", "cca",
+                          "--dim", "2", "--folds", "3"]) == 0
+    assert crossval.main(["--methods", "cca,foo"]) == 2
+    assert "unknown method 'foo'" in capsys.readouterr().err
+    assert crossval.main(["--methods", "c-cca", "--dim", "80"]) == 2
+    assert "k=80" in capsys.readouterr().err
+    assert crossval.main(["--data", f"npz:{tmp_path / 'none.npz'}"]) == 2
+    assert "npz file not found" in capsys.readouterr().err
+    assert crossval.main(["--set", "settings.cca.ridge=abc"]) == 2
+    assert "settings.cca.ridge: expected float" in capsys.readouterr().err
