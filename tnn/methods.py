@@ -11,13 +11,13 @@ from typing import Callable
 
 from tnn.encoder import Encoder
 from tnn.errors import ConfigError
-from tnn.pipelines import CCAConfig, TNNConfig, fit_linear, fit_tnn
+from tnn.pipelines import CCAConfig, TNNConfig, TrainConfig, fit_linear, fit_tnn
 from tnn.sources import Pairs
 
 
 def _e2e_default() -> TNNConfig:
-    from tnn.pipelines import TrainConfig
-    return TNNConfig(pipeline="e2e", preset="wide",
+    """tnn-e2e defaults, chosen on validation splits of the training folds (README)."""
+    return TNNConfig(pipeline="e2e", preset="wide_bn", dropout=0.5,
                      train=TrainConfig(distance="cosine", margin=0.2, w_cca=0.1))
 
 
@@ -58,7 +58,7 @@ def method_params(name: str, cfg: MethodsConfig) -> dict:
     if name in ("cca", "c-cca"):
         d = to_dict(cfg.cca)
         return {**d, "beta": 1.0} if name == "cca" else d
-    return to_dict(getattr(cfg, name.replace("-", "_").replace("c_cca", "c_cca")))
+    return to_dict(getattr(cfg, name.replace("-", "_")))
 
 
 def get(name: str) -> Fit:
