@@ -37,8 +37,10 @@ PIPELINES = ("two-stage", "e2e")
 class CCAConfig:
     """Closed-form (cluster-)CCA: the first stage, and the linear baselines."""
 
-    dim: int = 9
-    """Output dimension k (at most classes - 1 for cluster-CCA)."""
+    dim: int | None = None
+    """Output dimension k; None = min(classes - 1, audio width, visual width), the largest
+    that pure cluster-CCA supports (9 for 10 classes, the paper's 'k = number of classes' less
+    the one direction that class means cannot span)."""
     ridge: float = 1e-3
     """Ridge r added to both within-view covariances (features are standardised first)."""
     beta: float = 0.2
@@ -103,6 +105,11 @@ class TNNConfig:
             raise ConfigError(f"unknown model preset {self.preset!r}; known: {', '.join(PRESETS)}")
 
 
+def cca_dim(cca: CCAConfig, num_classes: int, audio_dim: int, visual_dim: int) -> int:
+    """The CCA dimension k: the configured one, or the default of `CCAConfig.dim`."""
+    return cca.dim if cca.dim is not None else max(1, min(num_classes - 1, audio_dim, visual_dim))
+
+
 def input_maps(fit: Pairs, cca: CCAConfig, project: bool, beta: float | None = None):
     """Affine input stages for both views: standardisation, then (if `project`) CCA."""
     a_std, v_std = standardizer(fit.audio), standardizer(fit.visual)
@@ -114,7 +121,8 @@ def input_maps(fit: Pairs, cca: CCAConfig, project: bool, beta: float | None = N
     with torch.no_grad():
         za, zv = a_std(torch.from_numpy(fit.audio)).double(), v_std(torch.from_numpy(fit.visual)).double()
     stats = CCAStats.from_arrays(za.numpy(), zv.numpy(), fit.labels, fit.num_classes)
-    proj = fit_cca(stats, cca.dim, ridge=cca.ridge, beta=cca.beta if beta is None else beta,
+    k = cca_dim(cca, fit.num_classes, fit.audio.shape[1], fit.visual.shape[1])
+    proj = fit_cca(stats, k, ridge=cca.ridge, beta=cca.beta if beta is None else beta,
                    scale_by_corr=cca.scale_by_corr)
     return (nn.Sequential(a_std, Affine(proj.mean_x, proj.A)),
             nn.Sequential(v_std, Affine(proj.mean_y, proj.B)))
@@ -170,7 +178,7 @@ def build_net(cfg: TNNConfig, a_in: nn.Module, v_in: nn.Module, fit: Pairs) -> T
         dv = v_in(torch.from_numpy(fit.visual[:1])).shape[1]
     branch = PRESETS[cfg.preset]
     if cfg.pipeline == "e2e":
-        branch = dataclasses.replace(branch, out_dim=cfg.cca.dim)
+        branch = dataclasses.replace(branch, out_dim=e2e_dim(cfg.cca, fit.num_classes))
     if cfg.hidden is not None:
         branch = dataclasses.replace(branch, hidden=tuple(cfg.hidden))
     if cfg.dropout is not None:
@@ -179,13 +187,24 @@ def build_net(cfg: TNNConfig, a_in: nn.Module, v_in: nn.Module, fit: Pairs) -> T
     return TwoBranchNet(da, dv, branch, branch, shared=shared)
 
 
-def loss_kwargs(cfg: TNNConfig, num_classes: int) -> dict:
-    """Keyword arguments of `combined_loss` from the config (shared with the distributed loop)."""
+def e2e_dim(cca: CCAConfig, num_classes: int) -> int:
+    """Output width of the end-to-end network: the CCA dimension (default classes - 1, >= 2)."""
+    return cca.dim if cca.dim is not None else max(2, num_classes - 1)
+
+
+def loss_kwargs(cfg: TNNConfig, num_classes: int, out_dim: int | None = None) -> dict:
+    """Keyword arguments of `combined_loss` from the config (shared with the distributed loop).
+
+    The CCA term's k is the network's output width (at most classes - 1 when beta = 0).
+    """
     t = cfg.train
+    k = out_dim if out_dim is not None else (cfg.cca.dim or max(1, num_classes - 1))
+    if cfg.cca.beta == 0:
+        k = min(k, num_classes - 1)
     return dict(directions=t.directions, w_triplet=t.w_triplet, w_cca=t.w_cca, margin=t.margin,
                 distance=t.distance, miner=t.miner, reduction=t.reduction,
                 exclude_self_pair=t.exclude_self_pair,
-                cca_kwargs=dict(k=cfg.cca.dim, ridge=cfg.cca.ridge, beta=cfg.cca.beta,
+                cca_kwargs=dict(k=k, ridge=cfg.cca.ridge, beta=cfg.cca.beta,
                                 num_classes=num_classes))
 
 
@@ -197,7 +216,9 @@ def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
     with torch.no_grad():
         xa, xv = encoder.audio_in(torch.from_numpy(fit.audio)), encoder.visual_in(torch.from_numpy(fit.visual))
     labels = torch.from_numpy(fit.labels)
-    kwargs, gen = loss_kwargs(cfg, fit.num_classes), torch.Generator().manual_seed(t.seed)
+    out_dim = e2e_dim(cfg.cca, fit.num_classes) if cfg.pipeline == "e2e" else \
+        (cfg.cca.dim or PRESETS[cfg.preset].out_dim)
+    kwargs, gen = loss_kwargs(cfg, fit.num_classes, out_dim), torch.Generator().manual_seed(t.seed)
     history, best, best_state = [], -np.inf, copy.deepcopy(net.state_dict())
     for epoch in range(1, t.epochs + 1):
         start, terms = time.perf_counter(), run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs)

@@ -34,7 +34,7 @@ class SyntheticSpec:
     classes: int = 10
     audio_dim: int = 128
     visual_dim: int = 1024
-    latent: int = 16
+    latent: int = 8
     modes: int = 2
     hidden: int = 64
     noise: float = 0.5
