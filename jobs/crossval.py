@@ -4,7 +4,7 @@ Each fold is the test set once and the rest trains; every query ranks the whole 
 the other modality by cosine similarity; MAP, MRR@1 and fit time are reported per method,
 averaged over folds, in a table and (with --json) in the JSON contract of DESIGN.md.
 
-    python -m jobs.crossval                                   # bundled data, 4 methods
+    python -m jobs.crossval                                   # bundled data, all 8 methods
     python -m jobs.crossval --data uci-mfeat:fou,pix --methods cca,c-cca --dim 9 --json out.json
     python -m jobs.crossval --data s3://bucket/shards          # shards: their stored folds
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
@@ -29,9 +29,10 @@ from tnn import methods as registry
 from tnn.errors import TnnError
 from tnn.folds import assign_folds, split
 from tnn.metrics import cross_modal_scores
+from tnn.pipelines import cca_dim
 from tnn.sources import Pairs, load_source
 
-DEFAULT_METHODS = ("cca", "c-cca", "tnn-c-cca", "tnn-e2e")
+DEFAULT_METHODS = ("cca", "kcca", "dcca", "c-cca", "c-kcca", "c-dcca", "tnn-c-cca", "tnn-e2e")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,9 @@ def parse_args(argv):
 def build_config(args) -> CrossvalConfig:
     sets = list(args.set)
     if args.smoke:
-        sets = ["folds=2", "settings.tnn_c_cca.train.epochs=2",
-                "settings.tnn_e2e.train.epochs=2"] + sets
+        sets = ["folds=2", "settings.tnn_c_cca.train.epochs=2", "settings.tnn_e2e.train.epochs=2",
+                "settings.baselines.dcca.epochs=2", "settings.baselines.c_dcca.epochs=2",
+                "settings.baselines.kcca.rank=200"] + sets
     for key in ("data", "folds", "seed", "json"):
         if getattr(args, key) is not None:
             sets.append(f"{key}={getattr(args, key)}")
@@ -103,6 +105,10 @@ def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig) ->
             "a2v_map_folds": col("a2v_map"), "v2a_map_folds": col("v2a_map"),
             "mrr1_a2v": float(np.mean(col("mrr1_a2v"))), "mrr1_v2a": float(np.mean(col("mrr1_v2a"))),
             "fit_seconds": float(np.mean(col("fit_seconds"))),
+            "pr_a2v": {"recall": rows[0]["pr_recall"].tolist(),
+                       "precision": np.mean(col("a2v_pr"), 0).tolist()},
+            "pr_v2a": {"recall": rows[0]["pr_recall"].tolist(),
+                       "precision": np.mean(col("v2a_pr"), 0).tolist()},
             "params": registry.method_params(name, cfg.settings)}
 
 
@@ -132,7 +138,9 @@ def main(argv=None) -> int:
         return emit_error("crossval", err)
     print(table(results))
     if cfg.json:
-        out = {"data": pairs.name, "folds": cfg.folds, "seed": cfg.seed, "methods": results}
+        dim = cca_dim(cfg.settings.cca, pairs.num_classes, pairs.audio.shape[1], pairs.visual.shape[1])
+        out = {"data": pairs.name, "folds": cfg.folds, "seed": cfg.seed, "dim": dim,
+               "methods": results}
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {cfg.json}")

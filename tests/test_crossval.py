@@ -28,12 +28,16 @@ def test_bundled_cca_numbers_and_json_contract(tmp_path, capsys):
     assert "method" in text and "MRR@1" in text
 
 
-def test_smoke_runs_the_tnn_methods(tmp_path):
+def test_smoke_runs_all_eight_methods(tmp_path):
     out = tmp_path / "cv.json"
-    assert crossval.main(["--smoke", "--methods", "tnn-c-cca,tnn-e2e", "--json", str(out)]) == 0
+    assert crossval.main(["--smoke", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["folds"] == 2 and set(res["methods"]) == {"tnn-c-cca", "tnn-e2e"}
+    assert res["folds"] == 2 and res["dim"] == 9
+    assert list(res["methods"]) == ["cca", "kcca", "dcca", "c-cca", "c-kcca", "c-dcca",
+                                    "tnn-c-cca", "tnn-e2e"]
     assert res["methods"]["tnn-e2e"]["params"]["pipeline"] == "e2e"
+    pr = res["methods"]["c-cca"]["pr_a2v"]
+    assert len(pr["recall"]) == len(pr["precision"]) == 11 and pr["recall"][-1] == 1.0
 
 
 def test_npz_source_and_errors(tmp_path, capsys):

@@ -159,6 +159,8 @@ SIM, Q, G = np.ones((2, 3)), np.array([0, 1]), np.array([0, 1, 1])
     (lambda: metrics.average_precision(SIM.astype(complex), Q, G), r"sim must be real-valued"),
     (lambda: metrics.average_precision(np.array([[1, np.nan, 0], [0, 0, 0]]), Q, G),
      r"sim contains NaN or inf in rows 0\.\.1"),
+    (lambda: metrics.average_precision(np.array([[1, 0, 0], [0, -np.inf, 0]]), Q, G, chunk_size=1),
+     r"sim contains NaN or inf in rows 1\.\.1"),
     (lambda: metrics.average_precision(SIM, Q.astype(float), G), r"q_labels must be a 1-D integer"),
     (lambda: metrics.average_precision(SIM, Q, G[:2]), r"g_labels has 2 entries but sim \(col"),
     (lambda: metrics.average_precision(SIM, Q + 5, G), r"no query has a relevant gallery item"),

@@ -10,7 +10,9 @@ query a's pair (default ``arange`` when Q == R, i.e. the same batch in the same 
 
 Distributed use: pass the LOCAL queries and the GLOBAL refs gathered by `tnn.distributed`; these
 functions never ask for rank or world size. With an equal-size all-gather, local row i pairs with
-global row ``rank * local_batch + i``: pass that as ``self_index``.
+global row ``rank * local_batch + i``: pass that as ``self_index``. A mean over the global batch
+needs the global count as its normaliser: ``reduce_counts`` maps the local counts to it (e.g. a
+sum over workers), and the loss is then this worker's share of the global mean.
 
 Empty batches (one class, or only singleton classes with self pairs excluded) give a loss of 0
 that is still connected to the embeddings (zero gradient, never NaN) and ``num_triplets == 0``.
@@ -30,6 +32,7 @@ from tnn.mining import check_directions, mine_from_distances, pair_masks
 REDUCTIONS = ("mean", "mean_positive", "sum")
 MINERS = ("batch_all", "semi_hard", "batch_hard")
 _MAX_ELEMENTS = 1 << 22  # fused batch-all: (anchors, R) elements per chunk
+CountReducer = Callable[[torch.Tensor], torch.Tensor]  # (2,) local counts -> (2,) normaliser counts
 
 
 class TripletLossOutput(NamedTuple):
@@ -45,7 +48,8 @@ def triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: torch.Tenso
                  miner: str = "batch_all", exclude_self_pair: bool = False,
                  self_index: torch.Tensor | None = None, reduction: str = "mean",
                  triplets: tuple[torch.Tensor, ...] | None = None, negatives: str = "all",
-                 chunk_size: int | None = None) -> TripletLossOutput:
+                 chunk_size: int | None = None,
+                 reduce_counts: CountReducer | None = None) -> TripletLossOutput:
     """Triplet hinge over mined triplets, reduced by ``reduction``.
 
     q_emb (Q, D), q_labels (Q,), r_emb (R, D), r_labels (R,); ``distance``: "sqeuclidean"
@@ -54,12 +58,16 @@ def triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: torch.Tenso
     "batch_hard" mine indices from the detached (Q, R) distances (`tnn.mining`), then the hinge is
     taken on the differentiable ones. ``triplets=(a_idx, p_idx, n_idx)`` skips mining.
     Reductions: "mean" over triplets, "mean_positive" over triplets with a positive hinge, "sum".
+    ``reduce_counts`` maps the local (2,) int64 counts (num_triplets, num_active) to the counts
+    that normalise the loss and are returned (default: the local ones); with a sum over workers
+    the loss is this worker's share of the mean over all workers' anchors.
     """
     _check(q_emb, q_labels, r_emb, r_labels, distance, reduction)
     if triplets is None and miner == "batch_all":
         return batch_all_triplet_loss(q_emb, q_labels, r_emb, r_labels, margin, distance=distance,
                                       exclude_self_pair=exclude_self_pair, self_index=self_index,
-                                      reduction=reduction, chunk_size=chunk_size)
+                                      reduction=reduction, chunk_size=chunk_size,
+                                      reduce_counts=reduce_counts)
     if miner not in MINERS:
         raise ConfigError(f"unknown miner {miner!r}; expected one of {MINERS}")
     dist = pairwise_distance(q_emb, r_emb, distance)  # (Q, R)
@@ -70,14 +78,16 @@ def triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: torch.Tenso
     a, p, n = triplets
     hinge = (dist[a, p] - dist[a, n] + margin).clamp_min(0.0)  # (T,)
     num_active = (hinge > 0).sum()
-    return _reduce(hinge.sum(), torch.tensor(len(a), device=dist.device), num_active, reduction)
+    return _reduce(hinge.sum(), torch.tensor(len(a), device=dist.device), num_active, reduction,
+                   reduce_counts)
 
 
 def batch_all_triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: torch.Tensor,
                            r_labels: torch.Tensor, margin: float = 0.5, *,
                            distance: str = "sqeuclidean", exclude_self_pair: bool = False,
                            self_index: torch.Tensor | None = None, reduction: str = "mean",
-                           chunk_size: int | None = None) -> TripletLossOutput:
+                           chunk_size: int | None = None,
+                           reduce_counts: CountReducer | None = None) -> TripletLossOutput:
     """Batch-all triplet loss without the O(Q R^2) triplet list or a (Q, R, R) tensor.
 
     For anchor a, positive p and t = d(a, p) + margin, with a's negative distances sorted
@@ -87,7 +97,7 @@ def batch_all_triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: t
     rows), so each anchor costs one sort of its negatives, a cumulative sum and one binary search
     per positive: O(R log R) time, O(R) memory; ``chunk_size`` anchors are processed at a time.
     Gradients are exact except on ties s_n == t, where the hinge has a kink anyway. Float32
-    round-off grows with k (the two sums are of order k t).
+    round-off grows with k (the two sums are of order k t). ``reduce_counts`` as in `triplet_loss`.
     """
     _check(q_emb, q_labels, r_emb, r_labels, distance, reduction)
     pos, neg = pair_masks(q_labels, r_labels, exclude_self_pair, self_index)  # (Q, R) each
@@ -103,7 +113,7 @@ def batch_all_triplet_loss(q_emb: torch.Tensor, q_labels: torch.Tensor, r_emb: t
                                                margin, distance)
             total, num_active = total + loss_sum, num_active + active
     num_triplets = (pos.sum(dim=1) * neg.sum(dim=1)).sum()
-    return _reduce(total, num_triplets, num_active, reduction)
+    return _reduce(total, num_triplets, num_active, reduction, reduce_counts)
 
 
 def _batch_all_rows(q, r_pos, r_neg, keep, margin, distance):
@@ -116,7 +126,9 @@ def _batch_all_rows(q, r_pos, r_neg, keep, margin, distance):
     return torch.where(keep, per_pair, zero).sum(), torch.where(keep, k, 0).sum()
 
 
-def _reduce(total, num_triplets, num_active, reduction) -> TripletLossOutput:
+def _reduce(total, num_triplets, num_active, reduction, reduce_counts=None) -> TripletLossOutput:
+    if reduce_counts is not None:
+        num_triplets, num_active = reduce_counts(torch.stack([num_triplets, num_active])).unbind()
     denom = {"mean": num_triplets, "mean_positive": num_active, "sum": None}[reduction]
     loss = total if denom is None else total / denom.clamp_min(1).to(total.dtype)
     frac = num_active.double() / num_triplets.clamp_min(1).double()

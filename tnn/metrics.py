@@ -182,6 +182,8 @@ def _all_stats(fill, dtype, q_labels, g_labels, ks, n_levels, chunk_size, memory
             lo, hi = starts[k], min(starts[k] + rows, n_q)
             fill(lo, hi, buf[: hi - lo])
             results[k] = _chunk_stats(buf[: hi - lo], q_labels[lo:hi], g_cols, ks, n_levels)
+            if not np.isfinite(buf[: hi - lo, [0, -1]]).all():  # sorted rows: NaN/inf at the ends
+                raise DataError(f"sim contains NaN or inf in rows {lo}..{hi - 1}")
 
     with ThreadPoolExecutor(n_workers) as pool:
         list(pool.map(work, range(n_workers)))
@@ -198,8 +200,6 @@ def _sim_stats(sim, q_labels, g_labels, ks=(1,), n_levels=0, chunk_size=None, me
 
     def fill(lo, hi, out):
         out[...] = sim[lo:hi]
-        if not np.isfinite(out).all():
-            raise DataError(f"sim contains NaN or inf in rows {lo}..{hi - 1}")
 
     return ks, _all_stats(fill, sim.dtype, q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
 

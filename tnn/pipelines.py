@@ -55,7 +55,7 @@ class CCAConfig:
 class TrainConfig:
     """One-process training of the triplet network (the distributed loop reuses it)."""
 
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
