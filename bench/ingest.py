@@ -1,0 +1,223 @@
+"""Benchmark: Ray Data vs pyarrow reading the same shards from the same S3 server, side by side.
+
+    python -m bench.ingest [--rows 200000 --rows-per-shard 25000 --batch-size 4096 --repeats 3]
+    python -m bench.ingest --smoke                  # 20,000 rows, one repeat
+    python -m bench.ingest --uri DIR_OR_S3_URI      # an existing shard set (no server started)
+
+Starts moto's S3 server on 127.0.0.1, writes synthetic VEGAS-width shards (128 + 1024 float32
+per row) with `jobs.make_shards`, starts a local Ray, then reads the whole set into (B, D)
+float32 numpy batches with each reader, alternating their order in every repeat:
+
+    raw GET             object bytes only (one GET per shard, no decode): the server ceiling
+    pyarrow ranged      pq.read_table per shard (ranged GETs per column chunk), sequential
+    pyarrow whole       one GET per shard, then decode on one thread, sequential
+    pyarrow whole x2    the same on 2 threads (shards in parallel)
+    ray read_parquet    ray.data.read_parquet + iter_batches: untuned, lists as object arrays
+    tnn dataset         an epoch of tnn.data.dataset + iter_numpy (one GET per shard, tensor
+                        columns, every shard's schema and values checked in the read task);
+                        the driver-side checks of `dataset()` are timed once, separately
+    tnn unchecked       the same with check=None: no value checks, like the pyarrow readers
+    tnn cached epoch    an epoch of dataset(cache=True) after materializing (object store)
+
+Throughput counts decoded numeric payload (4 * (128 + 1024) + 4 bytes per row); each reader's
+best repeat is reported. Target: the tnn dataset >= 0.8x the fastest pyarrow reader. Prints
+a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tnn import data, shards, storage
+
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--rows-per-shard", type=int, default=25_000)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (and pyarrow threads)")
+    p.add_argument("--uri", help="read this existing shard set instead of writing one")
+    p.add_argument("--smoke", action="store_true", help="20,000 rows, 1 repeat")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rows, args.rows_per_shard, args.repeats = 20_000, 5_000, 1
+    return args
+
+
+@contextlib.contextmanager
+def moto_server():
+    """A moto S3 server on a free 127.0.0.1 port with the AWS environment pointing at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def consume(batches) -> int:
+    """Touch every (B, D) float32 batch; return the row count."""
+    rows = 0
+    for b in batches:
+        assert b["audio"].dtype == np.float32 and b["visual"].ndim == 2
+        rows += len(b["label"])
+    return rows
+
+
+def pyarrow_batches(uri: str, batch_size: int, whole: bool, threads: int):
+    """Shards read directly with pyarrow (no Ray), sliced into numpy batches."""
+    import pyarrow.parquet as pq
+    man = shards.read_manifest(uri)
+    fs, root = storage.filesystem(uri)
+
+    def load(name):
+        path, cols = f"{root}/{name}", ["label", "audio", "visual"]
+        t = (shards.open_shard(fs, path, path, whole=True).read(columns=cols, use_threads=False)
+             if whole else pq.read_table(path, filesystem=fs, columns=cols))
+        return {"label": t["label"].to_numpy(), "audio": shards.matrix(t["audio"], man.audio_dim),
+                "visual": shards.matrix(t["visual"], man.visual_dim)}
+
+    with ThreadPoolExecutor(threads) as pool:
+        for cols in pool.map(load, [n for n, _ in man.shards]):
+            for i in range(0, len(cols["label"]), batch_size):
+                yield {k: v[i:i + batch_size] for k, v in cols.items()}
+
+
+def raw_get(uri: str) -> int:
+    """Bytes of every shard object, fetched whole and thrown away (the server's ceiling)."""
+    man, fs = shards.read_manifest(uri), storage.filesystem(uri)
+    for name, _ in man.shards:
+        with fs[0].open_input_file(f"{fs[1]}/{name}") as f:
+            f.read_buffer()
+    return man.rows
+
+
+def readers(uri: str, args) -> tuple[dict, float]:
+    """The readers to time, and the seconds `tnn.data.dataset` spent on driver-side checks."""
+    import ray.data
+    man = shards.read_manifest(uri)
+    cols, bs = ["label", "audio", "visual"], args.batch_size
+    fs, root = storage.filesystem(uri)
+    paths = [f"{root}/{n}" for n, _ in man.shards]
+    start = time.perf_counter()
+    tnn = data.dataset(uri, columns=cols)  # lazy: every iteration reads the shards again
+    setup = time.perf_counter() - start
+    unchecked = data.dataset(uri, columns=cols, check=None)
+    cached = data.dataset(uri, columns=cols, cache=True)
+    untuned = ray.data.read_parquet(paths, filesystem=fs).select_columns(cols)
+    return {
+        "raw GET": lambda: raw_get(uri),
+        "pyarrow ranged": lambda: consume(pyarrow_batches(uri, bs, False, 1)),
+        "pyarrow whole": lambda: consume(pyarrow_batches(uri, bs, True, 1)),
+        "pyarrow whole x2": lambda: consume(pyarrow_batches(uri, bs, True, args.num_cpus)),
+        "ray read_parquet": lambda: consume(data.as_arrays(b) for b in untuned.iter_batches(
+            batch_size=bs, batch_format="numpy")),
+        "tnn dataset": lambda: consume(data.iter_numpy(tnn, bs)),
+        "tnn unchecked": lambda: consume(data.iter_numpy(unchecked, bs)),
+        "tnn cached epoch": lambda: consume(data.iter_numpy(cached, bs)),
+    }, setup
+
+
+def measure(uri: str, args) -> dict:
+    runs: dict[str, list[float]] = {}
+    table, setup = readers(uri, args)
+    print(f"tnn.data.dataset: {setup:.2f} s of driver-side checks (manifest + every footer)")
+    for rep in range(args.repeats):
+        for name in (list(table) if rep % 2 == 0 else list(table)[::-1]):
+            start = time.perf_counter()
+            rows = table[name]()
+            runs.setdefault(name, []).append(rows / (time.perf_counter() - start))
+            assert rows == args.rows, (name, rows)
+    return {"runs": runs, "setup_s": setup}
+
+
+def report(measured: dict, args, row_bytes: int) -> dict:
+    runs = measured["runs"]
+    best = {name: max(r) for name, r in runs.items()}
+    base_name = max((n for n in best if n.startswith("pyarrow")), key=best.get)
+    base = best[base_name]
+    print(f"{'reader':18s} {'rows/s':>10s} {'MB/s':>8s} {'vs pyarrow':>11s}   runs (rows/s)")
+    for name, r in runs.items():
+        print(f"{name:18s} {best[name]:10.0f} {best[name] * row_bytes / 1e6:8.1f} "
+              f"{best[name] / base:10.2f}x   {', '.join(f'{x:.0f}' for x in r)}")
+    ratio, bare = best["tnn dataset"] / base, best["tnn unchecked"] / base
+    paired = float(np.median([t / max(runs[n][r] for n in runs if n.startswith("pyarrow"))
+                              for r, t in enumerate(runs["tnn dataset"])]))
+    print(f"ingest: Ray Data (tnn dataset) {ratio:.2f}x the best pyarrow direct reader "
+          f"({base_name}), {bare:.2f}x with check=None like pyarrow (best of {args.repeats}; "
+          f"median of per-repeat ratios {paired:.2f}; target >= 0.8x); {args.rows} rows x "
+          f"{row_bytes} B")
+    return {"rows": args.rows, "rows_per_shard": args.rows_per_shard, "repeats": args.repeats,
+            "batch_size": args.batch_size, "num_cpus": args.num_cpus, "row_bytes": row_bytes,
+            "rows_per_s": best, "mb_per_s": {k: v * row_bytes / 1e6 for k, v in best.items()},
+            "runs": runs, "tnn_setup_s": measured["setup_s"], "pyarrow_baseline": base_name,
+            "ratio_tnn_vs_pyarrow": ratio, "ratio_tnn_unchecked_vs_pyarrow": bare,
+            "ratio_tnn_vs_pyarrow_paired_median": paired,
+            "ratio_read_parquet_vs_pyarrow": best["ray read_parquet"] / base}
+
+
+def run(args, uri: str) -> dict:
+    import ray
+    import ray.data
+    os.environ.update(RAY_ENV)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+             logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        man = shards.read_manifest(uri)
+        args.rows = man.rows
+        return report(measure(uri, args), args, 4 * (man.audio_dim + man.visual_dim) + 4)
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.uri:
+        print(json.dumps(run(args, args.uri)))
+        return 0
+    from jobs.make_shards import write
+    with moto_server(), tempfile.TemporaryDirectory():
+        storage.s3_client().create_bucket(Bucket="bench")
+        uri, start = f"s3://bench/ingest-{args.rows}", time.perf_counter()
+        write(f"synthetic:{args.rows}", uri, rows_per_shard=args.rows_per_shard, log=print)
+        print(f"wrote {args.rows} rows to {uri} in {time.perf_counter() - start:.0f} s")
+        print(json.dumps(run(args, uri)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

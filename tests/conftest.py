@@ -1,0 +1,124 @@
+"""Session fixtures: a real S3 server and one local Ray instance, both on 127.0.0.1.
+
+- `s3_server`: moto's standalone server (`moto_server`, from moto[server]) started as a
+  subprocess on a free port, stopped by pid at the end. It sets the AWS environment for the
+  session: fake credentials, `AWS_ENDPOINT_URL`, a region, and empty AWS config files so a
+  developer's ~/.aws never leaks in. In-process moto mocks would not reach pyarrow.
+- `s3_bucket` / `s3_prefix`: a session bucket and a fresh prefix per test.
+- `ray_local`: one Ray instance for the whole session (`ray.init(address="local")`, 2 CPUs,
+  dashboard on 127.0.0.1 for the State API that Train/Tune need). It depends on `s3_server`
+  so Ray workers inherit the AWS environment. Never more than one Ray per machine.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+BUCKET = "tnn-test"
+
+
+def pytest_configure(config):
+    # Ray Data's own DataContext copy trips its deprecated-property warnings; not ours to fix.
+    config.addinivalue_line("filterwarnings",
+                            "ignore::DeprecationWarning:ray.data.context")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_moto(log: Path) -> tuple[subprocess.Popen, str]:
+    exe = Path(sys.executable).with_name("moto_server")
+    for _ in range(3):  # the free port can be taken between probing and binding
+        port = _free_port()
+        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                return proc, endpoint
+            except OSError:
+                time.sleep(0.1)
+        _stop(proc)
+    raise RuntimeError(f"moto_server did not start; see {log}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The endpoint URL of a moto S3 server; the AWS environment points at it meanwhile."""
+    tmp = tmp_path_factory.mktemp("moto")
+    proc, endpoint = _start_moto(tmp / "moto.log")
+    mp = pytest.MonkeyPatch()
+    try:
+        for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint,
+                           "AWS_CONFIG_FILE": str(tmp / "aws-config"),
+                           "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "aws-credentials")}.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        yield endpoint
+    finally:
+        mp.undo()
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server) -> str:
+    """`s3://tnn-test`, created once on the session's server."""
+    from tnn.storage import s3_client
+    s3_client().create_bucket(Bucket=BUCKET)
+    return f"s3://{BUCKET}"
+
+
+@pytest.fixture
+def s3_prefix(s3_bucket, request) -> str:
+    """A fresh, empty prefix for one test: `s3://tnn-test/<test name>-<random>`."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
+    return f"{s3_bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray instance (2 CPUs, quiet Ray Data) for the session; shut down at the end."""
+    mp = pytest.MonkeyPatch()
+    for key, value in RAY_ENV.items():
+        mp.setenv(key, value)
+    import ray
+    import ray.data
+    if ray.is_initialized():
+        raise RuntimeError("a Ray instance is already initialised in this process")
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        mp.undo()

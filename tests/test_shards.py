@@ -1,0 +1,193 @@
+"""The shard format: writer (atomic shards, manifest last, overwrite) and validation messages."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import fs as pafs
+
+from tnn import shards, storage
+from tnn.data import read_pairs
+from tnn.errors import DataError
+from tnn.folds import assign_folds
+from tnn.shard_writer import ShardWriter, prepare_prefix
+from tnn.sources import make_pairs
+
+
+def _pairs(n=60, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return make_pairs(rng.normal(size=(n, 4)), rng.normal(size=(n, 6)), np.arange(n) % classes,
+                      [f"c{i}" for i in range(n)], ["a", "b", "c"][:classes], "test")
+
+
+def _write(uri, p, rows_per_shard=25, chunk=16, k=3, **kw):
+    folds = assign_folds(p.labels, k, 0)
+    with ShardWriter(uri, class_names=p.class_names, folds=k, fold_seed=0, source="t",
+                            rows_per_shard=rows_per_shard, **kw) as w:
+        for i in range(0, p.n, chunk):
+            s = slice(i, i + chunk)
+            w.write(p.audio[s], p.visual[s], p.labels[s], p.clip_ids[s], folds[s])
+    return w.manifest
+
+
+def test_writer_cuts_chunks_into_shards_and_round_trips(tmp_path):
+    p = _pairs()
+    man = _write(str(tmp_path / "d"), p)
+    assert man.shards == (("part-00000.parquet", 25), ("part-00001.parquet", 25),
+                          ("part-00002.parquet", 10))
+    assert sorted(os.listdir(tmp_path / "d")) == ["_manifest.json", "part-00000.parquet",
+                                                   "part-00001.parquet", "part-00002.parquet"]
+    meta = json.loads((tmp_path / "d" / "_manifest.json").read_text())
+    assert {k: meta[k] for k in ("schema_version", "audio_dim", "visual_dim", "num_classes",
+                                 "class_names", "rows", "num_shards", "folds", "fold_seed")} == {
+        "schema_version": 1, "audio_dim": 4, "visual_dim": 6, "num_classes": 3,
+        "class_names": ["a", "b", "c"], "rows": 60, "num_shards": 3, "folds": 3, "fold_seed": 0}
+    assert pq.read_schema(tmp_path / "d" / "part-00001.parquet") == shards.schema(4, 6)
+    back = read_pairs(str(tmp_path / "d"))
+    assert np.array_equal(back.audio, p.audio) and np.array_equal(back.visual, p.visual)
+    assert np.array_equal(back.labels, p.labels) and list(back.clip_ids) == list(p.clip_ids)
+    assert np.array_equal(back.folds, assign_folds(p.labels, 3, 0))
+
+
+def test_refuses_an_existing_set_and_overwrites_manifest_first(tmp_path):
+    uri = str(tmp_path / "d")
+    _write(uri, _pairs())
+    with pytest.raises(DataError, match="already holds a data set, 3 shard.s.; pass --overwrite"):
+        _write(uri, _pairs())
+    deleted = []
+
+    class Recording(pafs.LocalFileSystem):
+        def delete_file(self, path):
+            deleted.append(os.path.basename(path))
+            super().delete_file(path)
+
+    prepare_prefix(Recording(), uri, uri, overwrite=True)
+    assert deleted[0] == "_manifest.json" and len(deleted) == 4 and os.listdir(uri) == []
+    assert _write(uri, _pairs(n=30), overwrite=True).rows == 30
+
+
+def test_a_crash_leaves_no_manifest_and_no_temp_files(tmp_path, monkeypatch):
+    uri, publish = str(tmp_path / "d"), ShardWriter._publish
+
+    def fail_second(self, tmp, name):
+        if name == "part-00001.parquet":
+            raise OSError("disk full")
+        publish(self, tmp, name)
+
+    monkeypatch.setattr(ShardWriter, "_publish", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        _write(uri, _pairs())
+    assert sorted(os.listdir(uri)) == ["part-00000.parquet"]  # the failed temp file is gone
+    with pytest.raises(DataError, match="no _manifest.json: not a shard data set"):
+        shards.validate(uri)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"already holds shard files \(no manifest\), 1 shard"):
+        _write(uri, _pairs())
+    with pytest.raises(DataError, match="chunk widths .4, 5. differ from .4, 6."):
+        with ShardWriter(uri, class_names="ab", folds=2, fold_seed=0,
+                                overwrite=True) as w:
+            w.write(np.zeros((2, 4)), np.zeros((2, 6)), [0, 1], ["x", "y"], [0, 1])
+            w.write(np.zeros((2, 4)), np.zeros((2, 5)), [0, 1], ["z", "w"], [0, 1])
+    assert not (tmp_path / "d" / "_manifest.json").exists()
+    assert [n for n in os.listdir(uri) if n.startswith(".")] == []
+
+
+def _set(table, name, values):
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def _vectors(table, name, width, edit):
+    x = shards.matrix(table[name], width).copy()
+    edit(x)
+    return _set(table, name, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+
+
+def _labels(edit, dtype=np.int32):
+    def fn(t):
+        x = t["label"].to_numpy().astype(dtype)
+        edit(x)
+        return _set(t, "label", pa.array(x))
+    return fn
+
+
+TAMPER = [  # (change to part-00001, message); the shard's rows are clips c25..c49
+    (lambda t: _set(t, "visual", pa.FixedSizeListArray.from_arrays(
+        pa.array(np.zeros(25 * 5, np.float32)), 5)),
+     "part-00001.parquet: column 'visual' has width 5, manifest says 6"),
+    (_labels(lambda x: None, np.int64), "part-00001.parquet: column 'label' has type int64, "
+                                        "expected int32"),
+    (lambda t: t.drop_columns(["fold"]), "part-00001.parquet: missing column 'fold'"),
+    (lambda t: t.slice(0, 24), "part-00001.parquet: has 24 rows, manifest says 25"),
+    (lambda t: _vectors(t, "audio", 4, lambda x: x.__setitem__((3, 1), np.nan)),
+     r"part-00001.parquet: column 'audio' has NaN or inf values \(row 3 of the shard, "
+     r"clip 'c28'\)"),
+    (lambda t: _vectors(t, "visual", 6, lambda x: x.__setitem__((7, 0), -np.inf)),
+     r"part-00001.parquet: column 'visual' has NaN or inf values \(row 7 of the shard"),
+    (_labels(lambda x: x.__setitem__(2, 3)),
+     r"part-00001.parquet: column 'label' value 3 is out of range 0..2 \(row 2 of the shard"),
+    (_labels(lambda x: x.__setitem__(0, -1)), "column 'label' value -1 is out of range 0..2"),
+    (lambda t: _set(t, "fold", pa.array(np.full(25, 3, np.int8))),
+     "part-00001.parquet: column 'fold' value 3 is out of range 0..2"),
+    (lambda t: _set(t, "label", pa.array([None] + list(range(24)), pa.int32()).cast(pa.int32())),
+     "part-00001.parquet: column 'label' has null values"),
+    (lambda t: _set(t, "clip_id", pa.array(["c3"] + [f"c{i}" for i in range(26, 50)])),
+     r"part-00001.parquet: column 'clip_id' repeats id 'c3' \(also in part-00000.parquet\)"),
+]
+
+
+@pytest.mark.parametrize("change, message", TAMPER)
+def test_validation_names_shard_and_column(tmp_path, change, message):
+    uri = str(tmp_path / "d")
+    _write(uri, _pairs())
+    path = tmp_path / "d" / "part-00001.parquet"
+    pq.write_table(change(pq.read_table(path)), path)
+    with pytest.raises(DataError, match=message):
+        shards.validate(uri)
+    with pytest.raises(DataError, match=message):
+        read_pairs(uri)
+    if "value" in message or "NaN" in message or "repeats" in message or "null" in message:
+        shards.validate(uri, deep=False)  # values are only read by a deep check
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(schema_version=2), "schema version 2 is not supported .this tnn reads "
+                                           "version 1."),
+    (lambda d: d.pop("audio_dim"), r"_manifest.json: not a valid manifest \(KeyError"),
+    (lambda d: d.update(rows=61), "inconsistent manifest"),
+    (lambda d: d["shards"].append({"file": "part-00009.parquet", "rows": 1}) or
+     d.update(rows=61), "part-00009.parquet: listed in the manifest but missing"),
+])
+def test_manifest_problems(tmp_path, edit, message):
+    uri = str(tmp_path / "d")
+    _write(uri, _pairs())
+    meta = json.loads((tmp_path / "d" / "_manifest.json").read_text())
+    edit(meta)
+    (tmp_path / "d" / "_manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=message):
+        shards.validate(uri)
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(60)
+def test_s3_validation_names_the_s3_shard(s3_prefix):
+    p = _pairs()
+    with pytest.raises(DataError, match=f"{s3_prefix}: no _manifest.json"):
+        shards.validate(s3_prefix)
+    _write(s3_prefix, p)
+    assert shards.validate(s3_prefix).rows == 60
+    assert np.array_equal(read_pairs(s3_prefix).visual, p.visual)
+    key = storage.split_s3(s3_prefix)[1] + "/part-00001.parquet"
+    client = storage.s3_client()
+    table = pq.read_table(io.BytesIO(client.get_object(Bucket="tnn-test", Key=key)["Body"].read()))
+    buf = io.BytesIO()
+    pq.write_table(TAMPER[0][0](table), buf)
+    client.put_object(Bucket="tnn-test", Key=key, Body=buf.getvalue())
+    with pytest.raises(DataError, match=f"^{s3_prefix}/part-00001.parquet: column 'visual' has "
+                                        "width 5, manifest says 6$"):
+        shards.validate(s3_prefix, deep=False)
+    with pytest.raises(DataError, match="already holds a data set"):
+        _write(s3_prefix, p)

@@ -1,0 +1,175 @@
+"""Where shards live: local paths or S3 (and S3-compatible stores), configured the AWS way.
+
+One settings object feeds both clients, so the pyarrow filesystem (reads, listings, deletes)
+and the boto3 client (single-PUT atomic writes) always talk to the same store as the same user.
+
+Resolution, first match wins:
+    endpoint_url  field > AWS_ENDPOINT_URL_S3 > AWS_ENDPOINT_URL > the AWS default
+    region        field > AWS_REGION > AWS_DEFAULT_REGION > the profile's region > us-east-1
+    profile       field > AWS_PROFILE
+    credentials   never held here: the standard chain (AWS_ACCESS_KEY_ID/..., shared files,
+                  instance metadata); for an explicitly named profile they are resolved once
+                  through boto3 and handed to pyarrow, which has no profile argument.
+`repr` and `describe` show no credentials (and strip any user:password from the endpoint).
+pyarrow and boto3 are imported inside the functions that need them, so importing this module
+stays cheap and framework-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from tnn.errors import ConfigError
+
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    """How to reach S3. Every field None means "whatever the AWS environment says"."""
+
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:9000 for an S3-compatible store
+    region: str | None = None
+    profile: str | None = None  # a profile in ~/.aws/config / credentials
+    anonymous: bool = False  # unsigned requests (public buckets)
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url and urlsplit(self.endpoint_url).scheme not in ("http", "https"):
+            raise ConfigError(f"storage: endpoint_url must start with http:// or https://; "
+                              f"got {_redact(self.endpoint_url)!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **fields) -> "StorageSettings":
+        """Fill unset fields from the AWS environment variables (see the module docstring)."""
+        env = os.environ if env is None else env
+        pick = lambda *names: next((env[n] for n in names if env.get(n)), None)  # noqa: E731
+        resolved = {"endpoint_url": pick("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+                    "region": pick("AWS_REGION", "AWS_DEFAULT_REGION"),
+                    "profile": pick("AWS_PROFILE")}
+        resolved.update({k: v for k, v in fields.items() if v is not None})
+        return cls(**resolved)
+
+    def __repr__(self) -> str:
+        return (f"StorageSettings(endpoint_url={_redact(self.endpoint_url)!r}, "
+                f"region={self.region!r}, profile={self.profile!r}, anonymous={self.anonymous})")
+
+    def describe(self) -> str:
+        """One log-safe line: endpoint, region, profile (never credentials)."""
+        return (f"endpoint={_redact(self.endpoint_url) or 'aws-default'} "
+                f"region={self.region or 'auto'} profile={self.profile or '-'}"
+                + (" anonymous" if self.anonymous else ""))
+
+
+def _redact(url: str | None) -> str | None:
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(uri: str, name: str) -> str:
+    """`join('s3://b/p/', 'x')` -> `'s3://b/p/x'`; local paths likewise."""
+    return str(uri).rstrip("/") + "/" + name
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key/path` -> `('bucket', 'key/path')`."""
+    bucket, _, key = str(uri)[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"storage: {uri!r} has no bucket (expected s3://bucket/prefix)")
+    return bucket, key.strip("/")
+
+
+def _session(settings: StorageSettings):
+    import boto3
+    return boto3.Session(profile_name=settings.profile) if settings.profile else boto3.Session()
+
+
+def _region(settings: StorageSettings, session=None) -> str:
+    return settings.region or (session.region_name if session else None) or DEFAULT_REGION
+
+
+def s3_client(settings: StorageSettings | None = None):
+    """A boto3 S3 client built from `settings` (default: the environment)."""
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    settings = settings or StorageSettings.from_env()
+    session = _session(settings)
+    config = Config(signature_version=UNSIGNED) if settings.anonymous else None
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=config,
+                          region_name=_region(settings, session))
+
+
+def s3_filesystem(settings: StorageSettings | None = None):
+    """A `pyarrow.fs.S3FileSystem` built from `settings` (default: the environment)."""
+    from pyarrow import fs
+    settings = settings or StorageSettings.from_env()
+    kwargs: dict = {"anonymous": settings.anonymous}
+    session = _session(settings) if settings.profile else None
+    kwargs["region"] = _region(settings, session)
+    if settings.endpoint_url:
+        parts = urlsplit(settings.endpoint_url)
+        kwargs.update(scheme=parts.scheme, endpoint_override=parts.netloc.rpartition("@")[2])
+    if session is not None and not settings.anonymous:
+        creds = session.get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
+                          session_token=frozen.token)
+    return fs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str, settings: StorageSettings | None = None):
+    """`(pyarrow FileSystem, path inside it)` for `s3://bucket/prefix` or a local path."""
+    from pyarrow import fs
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return s3_filesystem(settings), f"{bucket}/{key}".rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        raise ConfigError(f"storage: unsupported URI scheme in {uri!r}; use s3:// or a path")
+    return fs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def temp_path(uri: str, name: str) -> str:
+    """A local temp file for an object to be published as `<uri>/name`: beside the target
+    for local paths (so `os.replace` is atomic), in the system temp directory for S3."""
+    if not is_s3(uri):
+        return os.path.join(filesystem(uri)[1], f".{name}.tmp-{os.getpid()}")
+    fd, path = tempfile.mkstemp(prefix=".tnn-", suffix=f"-{name}")
+    os.close(fd)
+    return path
+
+
+def publish(tmp: str, uri: str, client=None) -> None:
+    """Move a finished local file to `uri` atomically: `os.replace` locally, one PUT on S3
+    (the object appears whole or not at all); the temp file is gone afterwards."""
+    if not is_s3(uri):
+        os.replace(tmp, filesystem(uri)[1])
+        return
+    bucket, key = split_s3(uri)
+    try:
+        with open(tmp, "rb") as f:
+            (client or s3_client()).put_object(Bucket=bucket, Key=key, Body=f)
+    finally:
+        os.unlink(tmp)
+
+
+def check_bucket(client, uri: str) -> None:
+    """Raise `ConfigError` naming the bucket when it does not exist or is not accessible."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    bucket = split_s3(uri)[0]
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as err:
+        raise ConfigError(f"{uri}: bucket {bucket!r} is not reachable ({err})") from None
