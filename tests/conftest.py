@@ -22,6 +22,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
+
+# The suite's models are small: one intra-op thread is faster than two spinning threads on the
+# 2-core CI machine, where the moto server and Ray workers share the cores.
+torch.set_num_threads(1)
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
             "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
