@@ -1,0 +1,226 @@
+"""Benchmark: plain torch loop vs Ray Train with 1 and 2 workers, and the gather + mining share.
+
+    python -m bench.train_scaling [--n 16384 --epochs 3 --json out.json]
+    python -m bench.train_scaling --smoke           # n 4096, 2 epochs, batches 256 and 1024
+
+Same data (synthetic VEGAS-shaped: 128-d audio, 1024-d visual, 10 classes), same method
+(tnn-e2e: wide_bn branches, triplet + cluster-CCA loss, global batch 256), measured side by
+side in one run, torch at 1 thread per process:
+
+    plain       `tnn.pipelines.run_epoch` on in-memory tensors (the `fit_tnn` path)
+    ray 1 / 2   `tnn.train_loop.fit`: Ray Data shards (materialised), DDP, the global-batch
+                loss, validation and a checkpoint every epoch; `--cpus-per-worker` each
+
+Throughput is global training samples/s inside the epoch (best epoch after the first); the
+Ray rows also give the epoch wall time including validation, report and checkpoint.
+Targets: ray 1 >= 0.85x plain; ray 2 >= 1.6x ray 1 (2 cores, 1 CPU per worker).
+
+Part 2, 2 workers under DDP at global batch 256/1024/4096: the time of a full step through
+`global_batch_loss` (forward, gather, loss, backward with the gradient all-reduces, Adam) and,
+measured alone on the same shapes, the gather (all-gather forward + the all-reduce of its
+gradient) and the loss forward. Batch-all mining is fused with the hinge (it never lists
+triplets), so "mining" is the whole triplet + CCA loss forward: an upper bound. Target: gather
++ mining <= 15% of the step. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from tnn.methods import _e2e_default
+from tnn.pipelines import build_net, input_maps, loss_kwargs, run_epoch
+
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.train_scaling",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=16384, help="synthetic clips (all folds)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batches", default="256,1024,4096", help="global batches for part 2")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per batch in part 2")
+    ap.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.epochs, args.batches, args.steps = 4096, 2, "256,1024", 2
+    return args
+
+
+def job_config(args, workers: int, **changes):
+    from tnn.train_loop import MLflowConfig, TrainJobConfig
+    tnn = _e2e_default()
+    tnn = dataclasses.replace(tnn, train=dataclasses.replace(tnn.train, epochs=args.epochs,
+                                                             patience=args.epochs))
+    return TrainJobConfig(data=f"synthetic:{args.n}", tnn=tnn, workers=workers, test_curve=False,
+                          cpus_per_worker=args.cpus_per_worker, storage_path=args.tmp,
+                          run_name=f"scaling-{workers}w-{time.time_ns()}",
+                          mlflow=MLflowConfig(enabled=False), **changes)
+
+
+def plain(args) -> dict:
+    """`run_epoch` as `fit_tnn` runs it, on the same split and input stage."""
+    from tnn.train_loop import split_in_memory
+    cfg = job_config(args, 1)
+    fit, _, _ = split_in_memory(cfg)
+    a_in, v_in = input_maps(fit, cfg.tnn.cca, project=False)
+    with torch.no_grad():
+        xa, xv = a_in(torch.from_numpy(fit.audio)), v_in(torch.from_numpy(fit.visual))
+    torch.manual_seed(0)
+    net = build_net(cfg.tnn, a_in, v_in, fit)
+    opt, gen = torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator().manual_seed(0)
+    kwargs = loss_kwargs(cfg.tnn, fit.num_classes, net.audio_branch.cfg.out_dim)
+    rates = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        run_epoch(net, opt, xa, xv, torch.from_numpy(fit.labels), 256, gen, kwargs)
+        rates.append(256 * (fit.n // 256) / (time.perf_counter() - start))
+    return {"samples_per_s": max(rates[1:] or rates), "epochs": rates}
+
+
+def ray_train(args, workers: int, **changes) -> dict:
+    from tnn.train_loop import fit, load_state, prepare
+    cfg = job_config(args, workers, **changes)
+    result = fit(cfg, prepare(cfg, log=lambda s: None))
+    with result.checkpoint.as_directory() as d:
+        history = load_state(d)["history"]
+    rates = [h["samples_per_s"] for h in history]
+    return {"samples_per_s": max(rates[1:] or rates), "epochs": rates}
+
+
+def phase_worker(config: dict) -> None:
+    """Part 2 on each Ray Train worker: full steps vs gather and loss forward alone."""
+    import ray.train
+    import ray.train.torch
+
+    from tnn import distributed as tdist
+    from tnn.losses import combined_loss
+    torch.set_num_threads(1)
+    tnn, world = _e2e_default(), tdist.world_size()
+    torch.manual_seed(0)
+    net = build_net(tnn, torch.nn.Identity(), torch.nn.Identity(), _Widths())
+    model = ray.train.torch.prepare_model(net)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    kwargs = loss_kwargs(tnn, 10, net.audio_branch.cfg.out_dim)
+    out = {"latency_ms": 1e3 * _timed(lambda: tdist.all_reduce_sum(torch.zeros(4)), 50)}
+    for batch in config["batches"]:
+        b = batch // world
+        g = torch.Generator().manual_seed(tdist.rank())
+        xa, xv = torch.randn(b, 128, generator=g), torch.randn(b, 1024, generator=g)
+        labels = torch.randint(0, 10, (b,), generator=g)
+
+        def step():
+            emb = model(xa, xv)
+            terms = tdist.global_batch_loss(emb["audio_emb"], emb["visual_emb"], labels, **kwargs)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            return emb
+
+        emb = step()  # warm-up
+        a, v = emb["audio_emb"].detach(), emb["visual_emb"].detach()
+        both = torch.cat([a, v], 1)
+        t_step = _timed(step, config["steps"])
+        t_gather = _timed(lambda: tdist.all_reduce_sum(tdist.gather(both)), config["steps"])
+        ra, rv = tdist.gather(both).split([a.shape[1], v.shape[1]], 1)
+        refs = tdist.gather_labels(labels)
+        t_loss = _timed(lambda: combined_loss(a, v, labels, ref_audio_emb=ra, ref_visual_emb=rv,
+                                              ref_labels=refs, **kwargs), config["steps"])
+        out[batch] = {"step_s": t_step, "gather_s": t_gather, "loss_forward_s": t_loss,
+                      "share": (t_gather + t_loss) / t_step}
+    if tdist.rank() == 0:  # Result.metrics only carries metrics reported with a checkpoint
+        with open(config["out"], "w") as f:
+            json.dump(out, f)
+    ray.train.report({})
+
+
+class _Widths:
+    audio, visual, num_classes = np.zeros((1, 128), np.float32), np.zeros((1, 1024), np.float32), 10
+
+
+def _timed(fn, steps: int) -> float:
+    from tnn import distributed as tdist
+    tdist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    tdist.barrier()
+    return (time.perf_counter() - start) / steps
+
+
+def phases(args) -> dict:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    out = os.path.join(args.tmp, "phases.json")
+    trainer = TorchTrainer(phase_worker, train_loop_config={
+        "batches": [int(b) for b in args.batches.split(",")], "steps": args.steps, "out": out},
+        scaling_config=ScalingConfig(num_workers=2,
+                                     resources_per_worker={"CPU": args.cpus_per_worker}),
+        run_config=RunConfig(name=f"phases-{time.time_ns()}", storage_path=args.tmp))
+    trainer.fit()
+    with open(out) as f:
+        return json.load(f)
+
+
+def table(res: dict) -> str:
+    p, r1, r2 = (res[k]["samples_per_s"] for k in ("plain", "ray_1", "ray_2"))
+    lines = [f"{'loop':10s} {'samples/s':>10s}  ratio", f"{'plain':10s} {p:10.0f}",
+             f"{'ray 1':10s} {r1:10.0f}  {r1 / p:.2f}x plain (target >= 0.85)",
+             f"{'ray 2':10s} {r2:10.0f}  {r2 / r1:.2f}x ray 1 (target >= 1.6)",
+             f"{'ray 1 nsb':10s} {res['ray_1_no_shuffle_buffer']['samples_per_s']:10.0f}  "
+             "(ray 1 without the local shuffle buffer)",
+             f"collective latency (small all-reduce, 2 ranks): {res['latency_ms']:.2f} ms", "",
+             f"{'batch':>6s} {'step ms':>8s} {'gather ms':>10s} {'loss fwd ms':>12s} {'share':>6s}"]
+    for batch, ph in res["phases"].items():
+        lines.append(f"{batch:6d} {1e3 * ph['step_s']:8.1f} {1e3 * ph['gather_s']:10.1f} "
+                     f"{1e3 * ph['loss_forward_s']:12.1f} {ph['share']:6.1%}  (target <= 15%)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(1)
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    import ray.data
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        res = {"n": args.n, "epochs": args.epochs, "cpus_per_worker": args.cpus_per_worker,
+               "plain": plain(args)}
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+                 dashboard_host="127.0.0.1", logging_level="WARNING", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            res["ray_1"], res["ray_2"] = ray_train(args, 1), ray_train(args, 2)
+            res["ray_1_no_shuffle_buffer"] = ray_train(args, 1, shuffle_buffer=0)
+            found = phases(args)
+            res["latency_ms"] = found.pop("latency_ms")
+            res["phases"] = {int(k): v for k, v in found.items()}
+        finally:
+            ray.shutdown()
+    rate = {k: res[k]["samples_per_s"] for k in ("plain", "ray_1", "ray_2")}
+    res["ratios"] = {"ray1_over_plain": rate["ray_1"] / rate["plain"],
+                     "ray2_over_ray1": rate["ray_2"] / rate["ray_1"]}
+    print(table(res))
+    print(json.dumps(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""tnn.train_loop: statistics transforms, input stages, checkpoints and resume logic without Ray;
+then, on the session Ray, the distributed statistics pass and ONE 2-worker Train run that must
+match one process running `run_epoch` on the same global batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from jobs.train import build_config, parse_args
+from tnn import train_loop as tl
+from tnn.cca import CCAStats, fit_cca
+from tnn.config import from_dict, to_dict
+from tnn.encoder import Encoder
+from tnn.errors import ConfigError
+from tnn.model import TwoBranchNet
+from tnn.pipelines import (CCAConfig, TNNConfig, TrainConfig, build_net, input_maps, loss_kwargs,
+                           run_epoch)
+from tnn.sources import load_source
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+@pytest.fixture(scope="module")
+def uci():
+    return load_source("uci-mfeat").subset(np.arange(0, 2000, 4))  # 500 clips, 50 per class
+
+
+def _blocks(p, sizes):
+    """Uneven numpy batches of `p`, as Ray Data would hand them to map_batches."""
+    edges = np.cumsum([0, *sizes])
+    return [{"audio": p.audio[a:b], "visual": p.visual[a:b], "label": p.labels[a:b]}
+            for a, b in zip(edges[:-1], edges[1:])]
+
+
+# --- statistics and input stages -------------------------------------------------------------
+
+def test_block_statistics_add_up_to_the_in_memory_fit(uci):
+    rows = [tl.cca_stats_batch(b, 10) for b in _blocks(uci, [7, 193, 0, 300])]
+    assert all(v.shape[0] == 1 for r in rows for v in r.values())  # one row per block
+    got, want = tl.sum_stats(rows), CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10)
+    for key, value in want.to_dict().items():
+        np.testing.assert_allclose(got.to_dict()[key], value, rtol=1e-12, atol=1e-9)
+    a, b = fit_cca(got, 9, ridge=1e-3, beta=0.2), fit_cca(want, 9, ridge=1e-3, beta=0.2)
+    for x, y in ((a.A, b.A), (a.B, b.B), (a.corrs, b.corrs)):
+        np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-10)
+
+
+def test_standardised_statistics_equal_those_of_standardised_rows(uci):
+    (mx, sx), (my, sy), z = tl.standardized_stats(
+        CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10))
+    x = uci.audio.astype(np.float64)
+    np.testing.assert_allclose(mx, x.mean(0), rtol=1e-12, atol=1e-12)
+    std = x.std(0)
+    np.testing.assert_allclose(sx, 1 / np.where(std > 1e-6, std, 1), rtol=1e-7)
+    zx, zy = (x - mx) * sx, (uci.visual.astype(np.float64) - my) * sy
+    want = CCAStats.from_arrays(zx, zy, uci.labels, 10)
+    for key, value in want.to_dict().items():
+        np.testing.assert_allclose(z.to_dict()[key], value, rtol=1e-8, atol=1e-8 * uci.n)
+
+
+@pytest.mark.parametrize("pipeline", ["two-stage", "e2e"])
+def test_input_stages_from_statistics_match_pipelines_input_maps(uci, pipeline):
+    cfg = TNNConfig(pipeline=pipeline, cca=CCAConfig(dim=9))
+    got = tl.input_maps_from_stats(CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10),
+                                   cfg, 10)
+    want = input_maps(uci, cfg.cca, project=pipeline == "two-stage")
+    with torch.no_grad():
+        for g, w, x in zip(got, want, (uci.audio, uci.visual)):
+            g, w = g(torch.from_numpy(x)), w(torch.from_numpy(x))
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
+
+
+def test_project_batch_and_id_selection_are_plain_functions(uci):
+    a_in, v_in = input_maps(uci, CCAConfig(dim=4), project=True)
+    out = tl.project_batch({"audio": uci.audio[:5], "visual": uci.visual[:5],
+                            "label": uci.labels[:5], "row": np.arange(5)}, a_in, v_in)
+    assert out["audio"].shape == (5, 4) and out["audio"].dtype == np.float32
+    assert out["row"].tolist() == [0, 1, 2, 3, 4]
+    table = pa.table({"clip_id": ["a", "b", "c"], "label": [0, 1, 2]})
+    ids = pa.array(["b"])
+    assert tl.select_ids(table, ids, keep=True).to_pydict() == {"label": [1]}
+    kept = tl.select_ids(table, ids, keep=False, drop_ids=False)
+    assert kept["clip_id"].to_pylist() == ["a", "c"]
+
+
+# --- config ----------------------------------------------------------------------------------
+
+def test_config_layers_presets_and_validation(tmp_path):
+    cfg = build_config(parse_args(["--smoke", "--config", "two_stage.yaml", "--set", "workers=1",
+                                   "--set", "tnn.train.lr=0.01"]))
+    assert (cfg.subset, cfg.tnn.train.epochs, cfg.tnn.pipeline, cfg.tnn.preset) == \
+        (600, 2, "two-stage", "paper")
+    assert cfg.tnn.train.lr == 0.01 and cfg.workers == 1 and cfg.run_name.startswith("tnn-train-")
+    default = tl.TrainJobConfig()
+    assert (default.tnn.pipeline, default.workers, default.cpus_per_worker) == ("e2e", 2, 0.5)
+    assert from_dict(tl.TrainJobConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    for preset in CONFIGS.glob("*.yaml"):
+        build_config(parse_args(["--config", str(preset)]))
+    with pytest.raises(ConfigError, match="divide tnn.train.batch_size"):
+        tl.TrainJobConfig(workers=3)
+    with pytest.raises(ConfigError, match="test_fold=5"):
+        tl.TrainJobConfig(test_fold=5)
+    with pytest.raises(ConfigError, match="ensemble"):
+        tl.TrainJobConfig(tnn=TNNConfig(ensemble=2))
+
+
+# --- checkpoints and resume ------------------------------------------------------------------
+
+def test_checkpoint_round_trip_rebuilds_the_encoder(uci, tmp_path):
+    cfg = TNNConfig(pipeline="two-stage", cca=CCAConfig(dim=5))
+    a_in, v_in = input_maps(uci, cfg.cca, project=True)
+    torch.manual_seed(0)
+    net = build_net(cfg, a_in, v_in, uci)
+    encoder = Encoder(a_in, v_in, net, 76, 240)
+    opt = torch.optim.Adam(net.parameters())
+    state = {**tl.new_state(), "epoch": 3, "net": net.state_dict(), "optimizer": opt.state_dict(),
+             "rng": tl.rng_state()}
+    tl.save_checkpoint(tmp_path, state, {"run_name": "r"}, encoder, cfg, 10)
+    back = tl.load_encoder(tmp_path)
+    np.testing.assert_array_equal(back.embed_audio(uci.audio), encoder.embed_audio(uci.audio))
+    np.testing.assert_array_equal(back.embed_visual(uci.visual), encoder.embed_visual(uci.visual))
+    assert tl.load_state(tmp_path)["epoch"] == 3
+    assert json.loads((tmp_path / "config.json").read_text()) == {"run_name": "r"}
+    first_stage = Encoder(a_in, v_in, None, 76, 240)  # the two-stage pipeline may keep it alone
+    tl.save_checkpoint(tmp_path, state, {}, first_stage, cfg, 10)
+    assert tl.load_encoder(tmp_path).net is None
+
+
+def test_rng_state_round_trip():
+    saved = tl.rng_state()
+    a = (torch.rand(3), np.random.rand(3))
+    tl.set_rng_state(saved)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_early_stopping_state_resumes_like_fit_tnn():
+    """`fit_tnn`'s rule replayed through the checkpointed state, interrupted and resumed."""
+    net, vals, patience = torch.nn.Linear(2, 2), [0.1, 0.3, 0.2, 0.3, 0.25, 0.5], 3
+    state = tl.new_state()
+    for val in vals:
+        if tl.should_stop(state, epochs=10, patience=patience):
+            break
+        state["epoch"] += 1
+        with torch.no_grad():
+            net.weight.fill_(val)
+        tl.update_best(state, net, val)
+        state = torch.load(_saved(state), weights_only=False)  # every epoch via a checkpoint
+    assert (state["epoch"], state["best_epoch"], state["best"]) == (5, 2, 0.3)
+    assert torch.all(state["best_net"]["weight"] == 0.3)  # ties keep the earlier epoch
+    assert tl.should_stop(state, epochs=10, patience=patience)
+    assert tl.should_stop({**tl.new_state(), "epoch": 4}, epochs=4, patience=99)
+    assert tl.should_stop({**tl.new_state(), "done": True}, epochs=4, patience=99)
+
+
+def _saved(obj):
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_run_info_beside_the_run_folder(tmp_path):
+    assert tl.read_run_info(str(tmp_path), "r1") is None
+    tl.write_run_info(str(tmp_path), "r1", {"mlflow_run_id": "abc"})
+    assert tl.read_run_info(str(tmp_path), "r1") == {"mlflow_run_id": "abc"}
+    assert tl.storage_of(str(tmp_path)) == (str(tmp_path), None)
+
+
+# --- on Ray: the distributed statistics pass and the 2-worker equivalence --------------------
+
+EQUIV = TNNConfig(pipeline="e2e", preset="wide", dropout=0.0, hidden=(32,),  # LayerNorm, no dropout
+                  cca=CCAConfig(dim=4),
+                  train=TrainConfig(epochs=3, batch_size=64, lr=3e-3, w_cca=0.5, patience=99,
+                                    distance="cosine", margin=0.2))
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp_path):
+    cfg = tl.TrainJobConfig(subset=300, tnn=EQUIV, workers=2, shuffle_buffer=64, test_curve=False,
+                            storage_path=str(tmp_path / "runs"), run_name="equiv",
+                            mlflow=tl.MLflowConfig(enabled=False))
+    prep = tl.prepare(cfg, log=lambda s: None)
+    fit, val, test = tl.split_in_memory(cfg)
+    assert (prep.n_fit, prep.val.n, prep.test.n) == (fit.n, val.n, test.n)
+
+    # the statistics pass over Ray Data blocks equals the in-memory statistics and fit
+    want = CCAStats.from_arrays(fit.audio, fit.visual, fit.labels, 10)
+    for key, value in want.to_dict().items():
+        np.testing.assert_allclose(prep.stats.to_dict()[key], value, rtol=1e-12, atol=1e-9)
+    two_stage = tl.input_maps_from_stats(prep.stats,
+                                         dataclasses.replace(EQUIV, pipeline="two-stage"), 10)
+    (_, sx), (_, sy), z = tl.standardized_stats(want)
+    proj = fit_cca(z, 4, ridge=1e-3, beta=0.2)
+    np.testing.assert_allclose(two_stage[0][1].weight.numpy(), proj.A, rtol=1e-5, atol=1e-6)
+
+    # 2 gloo workers through train_loop_per_worker, recording the fit rows of every local batch
+    record = tmp_path / "rows"
+    record.mkdir()
+    result = tl.fit(cfg, prep, record_rows=str(record))
+    assert result.metrics["done"] == 1 and result.metrics["epoch"] == 3
+    ranks = [np.load(record / f"rows-rank{r}.npy") for r in range(2)]  # (steps, 32) each
+    last = torch.load(Path(result.checkpoint.path).parent / "epoch-0003" / "state.pt",
+                      weights_only=False)["net"]
+
+    # one process: run_epoch on the same global batches (rank 0's rows, then rank 1's)
+    rows = {}
+    for batch in prep.fit.iter_batches(batch_size=None, batch_format="numpy"):
+        for i, r in enumerate(batch["row"]):
+            rows[int(r)] = (batch["audio"][i], batch["visual"][i], batch["label"][i])
+    torch.manual_seed(EQUIV.train.seed)
+    net = build_net(EQUIV, prep.audio_in, prep.visual_in, fit)
+    opt = torch.optim.Adam(net.parameters(), lr=EQUIV.train.lr)
+    kwargs = loss_kwargs(EQUIV, 10, tl.net_out_dim(EQUIV, 10))
+    steps = len(ranks[0]) // 3
+    for epoch in range(3):
+        order = np.concatenate([np.concatenate([ranks[0][s], ranks[1][s]])
+                                for s in range(epoch * steps, (epoch + 1) * steps)])
+        xa, xv, labels = _arranged(rows, order, epoch)
+        run_epoch(net, opt, xa, xv, labels, 64, torch.Generator().manual_seed(epoch), kwargs)
+    moved = max((net.state_dict()[k] - v).abs().max().item()
+                for k, v in _initial(prep, fit).items())
+    assert moved > 1e-3
+    err = max((net.state_dict()[k] - v).abs().max().item() for k, v in last.items())
+    print(f"2 Ray Train workers vs run_epoch: parameters moved {moved:.2e}, differ by {err:.2e}")
+    assert err < 1e-6, f"parameters differ by {err:.2e} (moved {moved:.2e})"
+
+
+def _arranged(rows, order, seed):
+    """Rows laid out so that `run_epoch`'s permutation (same generator seed) yields `order`."""
+    perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed))
+    xa = np.empty((len(order), len(rows[0][0])), np.float32)
+    xv = np.empty((len(order), len(rows[0][1])), np.float32)
+    labels = np.empty(len(order), np.int64)
+    for j, r in enumerate(order):
+        xa[perm[j]], xv[perm[j]], labels[perm[j]] = rows[int(r)]
+    return torch.from_numpy(xa), torch.from_numpy(xv), torch.from_numpy(labels)
+
+
+def _initial(prep, fit) -> dict:
+    torch.manual_seed(EQUIV.train.seed)
+    return build_net(EQUIV, prep.audio_in, prep.visual_in, fit).state_dict()
+
+
+def test_model_has_no_batchnorm_for_the_exact_check():
+    net = build_net(EQUIV, torch.nn.Identity(), torch.nn.Identity(),
+                    tl._widths((76, 240), 10))
+    assert isinstance(net, TwoBranchNet)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
