@@ -56,15 +56,20 @@ def test_train_on_s3_shards_resumes_and_matches_one_process(ray_local, s3_prefix
         print(f"\njobs.train, 2 workers, S3 shards: mean MAP {mean}; one process {ref_mean:.4f}")
     assert abs(float(mean) - ref_mean) < NOISE and float(mean) > 0.8
 
-    # MLflow: one run, params, epochs 1..E logged once each across the restart, artifacts
+    # MLflow: one run across the restart, params, per-epoch metrics, artifacts
     uri, _ = tracking.resolve(None, tmp_path / "mlflow")
     run = tracking.RunLogger(uri, run_id)
     info = run.client.get_run(run_id)
     assert info.info.status == "FINISHED" and info.info.run_name == "job"
     assert info.data.params["tnn.pipeline"] == "e2e" and info.data.params["workers"] == "2"
+    # The failure hits epoch 3 after epochs 1-2 were logged. The run resumes from the newest
+    # checkpoint Ray had committed: epoch 2, or epoch 1 when epoch 2's upload was still in
+    # flight; then the re-run epoch is logged again (as a later point of the same step).
     steps = [s for s, _ in run.history("val_map")]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 3
-    assert run.history("resumed_from_epoch") == [(2, 2.0)]
+    resumed = run.history("resumed_from_epoch")
+    assert len(resumed) == 1 and resumed[0][1] in (1.0, 2.0)
+    start = int(resumed[0][1])
+    assert steps == [1, 2] + list(range(start + 1, max(steps) + 1)) and max(steps) > 3
     assert run.history("final_test_map")[-1][1] == pytest.approx(float(mean), abs=1e-4)
     artifacts = {a.path for a in run.client.list_artifacts(run_id)}
     assert artifacts >= {"config.yaml", "plots", "encoder"}
