@@ -192,6 +192,12 @@ def e2e_dim(cca: CCAConfig, num_classes: int) -> int:
     return cca.dim if cca.dim is not None else max(2, num_classes - 1)
 
 
+def net_out_dim(cfg: TNNConfig, num_classes: int) -> int:
+    """The CCA loss's k: the e2e output width, or cca.dim (else the preset's width) for two-stage."""
+    return e2e_dim(cfg.cca, num_classes) if cfg.pipeline == "e2e" else \
+        (cfg.cca.dim or PRESETS[cfg.preset].out_dim)
+
+
 def loss_kwargs(cfg: TNNConfig, num_classes: int, out_dim: int | None = None) -> dict:
     """Keyword arguments of `combined_loss` from the config (shared with the distributed loop).
 
@@ -216,9 +222,8 @@ def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
     with torch.no_grad():
         xa, xv = encoder.audio_in(torch.from_numpy(fit.audio)), encoder.visual_in(torch.from_numpy(fit.visual))
     labels = torch.from_numpy(fit.labels)
-    out_dim = e2e_dim(cfg.cca, fit.num_classes) if cfg.pipeline == "e2e" else \
-        (cfg.cca.dim or PRESETS[cfg.preset].out_dim)
-    kwargs, gen = loss_kwargs(cfg, fit.num_classes, out_dim), torch.Generator().manual_seed(t.seed)
+    kwargs = loss_kwargs(cfg, fit.num_classes, net_out_dim(cfg, fit.num_classes))
+    gen = torch.Generator().manual_seed(t.seed)
     history, best, best_state = [], -np.inf, copy.deepcopy(net.state_dict())
     for epoch in range(1, t.epochs + 1):
         start, terms = time.perf_counter(), run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs)

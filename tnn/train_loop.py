@@ -54,8 +54,7 @@ from tnn.errors import ConfigError, DataError
 from tnn.folds import assign_folds, split, validation_split
 from tnn.methods import _e2e_default
 from tnn.metrics import cross_modal_scores
-from tnn.model import PRESETS
-from tnn.pipelines import TNNConfig, build_net, cca_dim, e2e_dim, loss_kwargs
+from tnn.pipelines import TNNConfig, build_net, cca_dim, loss_kwargs, net_out_dim
 from tnn.sources import Pairs, is_shard_uri, load_source
 
 RUN_INFO = "tnn_run.json"
@@ -345,12 +344,6 @@ def _widths(dims: tuple[int, int], num_classes: int):
     """What `build_net` reads of a fit set: one row of each width, and the class count."""
     return types.SimpleNamespace(audio=np.zeros((1, dims[0]), np.float32),
                                  visual=np.zeros((1, dims[1]), np.float32), num_classes=num_classes)
-
-
-def net_out_dim(tnn: TNNConfig, num_classes: int) -> int:
-    """The CCA loss's k as `tnn.pipelines.train_network` picks it."""
-    return e2e_dim(tnn.cca, num_classes) if tnn.pipeline == "e2e" else \
-        (tnn.cca.dim or PRESETS[tnn.preset].out_dim)
 
 
 def encoder_spec(encoder: Encoder, tnn: TNNConfig, num_classes: int) -> dict:
