@@ -172,7 +172,8 @@ def _all_stats(fill, dtype, q_labels, g_labels, ks, n_levels, chunk_size, memory
     Returns per-query AP (Q,), precision@k (Q, K), PR (Q, L), NaN where nothing is relevant."""
     n_q, n_g, g_cols = len(q_labels), len(g_labels), _columns_by_label(g_labels)
     n_threads = n_threads or _available_cpus()
-    rows = chunk_size or _chunk_rows(g_cols, n_g, np.dtype(dtype).itemsize, memory_gib, n_threads)
+    rows = chunk_size or min(-(-n_q // n_threads),  # at least one chunk per thread
+                             _chunk_rows(g_cols, n_g, np.dtype(dtype).itemsize, memory_gib, n_threads))
     starts = range(0, n_q, rows)
     results, n_workers = [None] * len(starts), min(n_threads, len(starts))
 
