@@ -6,13 +6,8 @@ import sys
 
 import yaml
 
-from tnn.config import load, to_dict
+from tnn.config import to_dict
 from tnn.errors import TnnError
-
-
-def load_config(cls, path, overrides):
-    """Defaults of `cls` <- YAML preset <- `key=value` overrides (see `tnn.config.load`)."""
-    return load(cls, path, overrides)
 
 
 def print_config(job: str, cfg) -> None:

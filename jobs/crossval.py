@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.common import emit_error, load_config, print_config
+from jobs.common import emit_error, print_config
 from tnn import methods as registry
+from tnn.config import load
 from tnn.errors import TnnError
 from tnn.folds import assign_folds, split
 from tnn.metrics import cross_modal_scores
@@ -73,7 +74,7 @@ def build_config(args) -> CrossvalConfig:
             sets.append(f"{key}={getattr(args, key)}")
     if args.methods:
         sets.append(f"methods=[{args.methods}]")
-    cfg = load_config(CrossvalConfig, args.config, sets)
+    cfg = load(CrossvalConfig, args.config, sets)
     if args.dim is not None:
         cfg = dataclasses.replace(cfg, settings=cfg.settings.with_dim(args.dim))
     for name in cfg.methods:

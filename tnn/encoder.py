@@ -27,10 +27,11 @@ class Affine(nn.Module):
         return (x - self.mean) @ self.weight  # (N, Din) -> (N, Dout)
 
 
-def standardizer(x: np.ndarray, eps: float = 1e-6) -> Affine:
-    """Per-feature z-scoring fitted on `x` (constant features are centred, not scaled)."""
+def standardizer(x: np.ndarray, scale: bool = True, eps: float = 1e-6) -> Affine:
+    """Per-feature z-scoring fitted on `x` (constant features are centred, not scaled);
+    `scale=False` only centres."""
     x = np.asarray(x, np.float64)
-    std = x.std(axis=0)
+    std = x.std(axis=0) if scale else np.ones(x.shape[1])
     return Affine(x.mean(axis=0), np.diag(1.0 / np.where(std > eps, std, 1.0)))
 
 

@@ -112,10 +112,7 @@ def cca_dim(cca: CCAConfig, num_classes: int, audio_dim: int, visual_dim: int) -
 
 def input_maps(fit: Pairs, cca: CCAConfig, project: bool, beta: float | None = None):
     """Affine input stages for both views: standardisation, then (if `project`) CCA."""
-    a_std, v_std = standardizer(fit.audio), standardizer(fit.visual)
-    if not cca.standardize:
-        a_std, v_std = Affine(fit.audio.mean(0), np.eye(fit.audio.shape[1])), \
-            Affine(fit.visual.mean(0), np.eye(fit.visual.shape[1]))
+    a_std, v_std = standardizer(fit.audio, cca.standardize), standardizer(fit.visual, cca.standardize)
     if not project:
         return a_std, v_std
     with torch.no_grad():
