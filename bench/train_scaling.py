@@ -91,7 +91,8 @@ def plain(args) -> dict:
 
 
 def ray_train(args, workers: int, **changes) -> dict:
-    from tnn.train_loop import fit, load_state, prepare
+    from tnn.checkpoints import load_state
+    from tnn.train_loop import fit, prepare
     cfg = job_config(args, workers, **changes)
     result = fit(cfg, prepare(cfg, log=lambda s: None))
     with result.checkpoint.as_directory() as d:

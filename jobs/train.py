@@ -138,7 +138,7 @@ def plot_history(history: list[dict], path: Path) -> Path:
 
 def log_results(logger, result) -> None:
     """Plots from the final checkpoint's history, and the encoder files, as run artifacts."""
-    from tnn.train_loop import load_state
+    from tnn.checkpoints import load_state
     with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
         state = load_state(d)
         logger.artifact(plot_history(state["history"], Path(tmp) / "history.png"), "plots")

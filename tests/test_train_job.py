@@ -15,7 +15,8 @@ from tnn.data import read_pairs
 from tnn.folds import split
 from tnn.metrics import cross_modal_scores
 from tnn.pipelines import fit_tnn
-from tnn.train_loop import TrainJobConfig, load_encoder
+from tnn.checkpoints import load_encoder
+from tnn.train_loop import TrainJobConfig
 
 LAST = re.compile(r"train: test fold 0 a->v MAP ([0-9.]+) v->a MAP ([0-9.]+) \(mean ([0-9.]+)\) "
                   r"in \d+ s, run (\w+)$")

@@ -17,11 +17,17 @@ from jobs.train import build_config, parse_args
 from tnn import train_loop as tl
 from tnn.cca import CCAStats, fit_cca
 from tnn.config import from_dict, to_dict
-from tnn.encoder import Encoder
 from tnn.errors import ConfigError
 from tnn.model import TwoBranchNet
-from tnn.pipelines import (CCAConfig, TNNConfig, TrainConfig, build_net, input_maps, loss_kwargs,
-                           run_epoch)
+from tnn.pipelines import (
+    CCAConfig,
+    TNNConfig,
+    TrainConfig,
+    build_net,
+    input_maps,
+    loss_kwargs,
+    run_epoch,
+)
 from tnn.sources import load_source
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
@@ -112,34 +118,6 @@ def test_config_layers_presets_and_validation(tmp_path):
 
 
 # --- checkpoints and resume ------------------------------------------------------------------
-
-def test_checkpoint_round_trip_rebuilds_the_encoder(uci, tmp_path):
-    cfg = TNNConfig(pipeline="two-stage", cca=CCAConfig(dim=5))
-    a_in, v_in = input_maps(uci, cfg.cca, project=True)
-    torch.manual_seed(0)
-    net = build_net(cfg, a_in, v_in, uci)
-    encoder = Encoder(a_in, v_in, net, 76, 240)
-    opt = torch.optim.Adam(net.parameters())
-    state = {**tl.new_state(), "epoch": 3, "net": net.state_dict(), "optimizer": opt.state_dict(),
-             "rng": tl.rng_state()}
-    tl.save_checkpoint(tmp_path, state, {"run_name": "r"}, encoder, cfg, 10)
-    back = tl.load_encoder(tmp_path)
-    np.testing.assert_array_equal(back.embed_audio(uci.audio), encoder.embed_audio(uci.audio))
-    np.testing.assert_array_equal(back.embed_visual(uci.visual), encoder.embed_visual(uci.visual))
-    assert tl.load_state(tmp_path)["epoch"] == 3
-    assert json.loads((tmp_path / "config.json").read_text()) == {"run_name": "r"}
-    first_stage = Encoder(a_in, v_in, None, 76, 240)  # the two-stage pipeline may keep it alone
-    tl.save_checkpoint(tmp_path, state, {}, first_stage, cfg, 10)
-    assert tl.load_encoder(tmp_path).net is None
-
-
-def test_rng_state_round_trip():
-    saved = tl.rng_state()
-    a = (torch.rand(3), np.random.rand(3))
-    tl.set_rng_state(saved)
-    b = (torch.rand(3), np.random.rand(3))
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-
 
 def test_early_stopping_state_resumes_like_fit_tnn():
     """`fit_tnn`'s rule replayed through the checkpointed state, interrupted and resumed."""
@@ -253,6 +231,6 @@ def _initial(prep, fit) -> dict:
 
 def test_model_has_no_batchnorm_for_the_exact_check():
     net = build_net(EQUIV, torch.nn.Identity(), torch.nn.Identity(),
-                    tl._widths((76, 240), 10))
+                    tl.widths((76, 240), 10))
     assert isinstance(net, TwoBranchNet)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())

@@ -30,10 +30,8 @@ import copy
 import dataclasses
 import json
 import os
-import random
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,13 @@ from torch import nn
 from tnn import data, shards, storage
 from tnn import distributed as tdist
 from tnn.cca import CCAStats, fit_cca
+from tnn.checkpoints import (
+    load_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    widths,
+)
 from tnn.config import from_dict, to_dict
 from tnn.encoder import Affine, Encoder
 from tnn.errors import ConfigError, DataError
@@ -338,65 +343,7 @@ def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
     return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, num_classes)
 
 
-# --- checkpoints -----------------------------------------------------------------------------
-
-def _widths(dims: tuple[int, int], num_classes: int):
-    """What `build_net` reads of a fit set: one row of each width, and the class count."""
-    return types.SimpleNamespace(audio=np.zeros((1, dims[0]), np.float32),
-                                 visual=np.zeros((1, dims[1]), np.float32), num_classes=num_classes)
-
-
-def encoder_spec(encoder: Encoder, tnn: TNNConfig, num_classes: int) -> dict:
-    """A small JSON description from which `load_encoder` rebuilds the modules."""
-    def shapes(m):
-        return [list(a.weight.shape) for a in (m if isinstance(m, nn.Sequential) else [m])]
-    return {"format": 1, "audio_dim": encoder.audio_dim, "visual_dim": encoder.visual_dim,
-            "audio_in": shapes(encoder.audio_in), "visual_in": shapes(encoder.visual_in),
-            "num_classes": num_classes, "net": None if encoder.net is None else to_dict(tnn)}
-
-
-def load_encoder(path: str | os.PathLike) -> Encoder:
-    """The `Encoder` saved in a checkpoint directory (encoder.json + encoder.pt)."""
-    spec = json.loads((Path(path) / "encoder.json").read_text())
-
-    def affines(shapes):
-        parts = [Affine(np.zeros(i), np.zeros((i, o))) for i, o in shapes]
-        return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
-    a_in, v_in = affines(spec["audio_in"]), affines(spec["visual_in"])
-    net = None
-    if spec["net"] is not None:
-        net = build_net(from_dict(TNNConfig, spec["net"]), a_in, v_in,
-                        _widths((spec["audio_dim"], spec["visual_dim"]), spec["num_classes"]))
-    encoder = Encoder(a_in, v_in, net, spec["audio_dim"], spec["visual_dim"])
-    encoder.load_state_dict(torch.load(Path(path) / "encoder.pt", weights_only=True))
-    return encoder.eval()
-
-
-def save_checkpoint(path, state: dict, config: dict, encoder: Encoder, tnn: TNNConfig,
-                    num_classes: int) -> None:
-    """state.pt (training state), config.json (resolved), encoder.pt + encoder.json."""
-    path = Path(path)
-    torch.save(state, path / "state.pt")
-    (path / "config.json").write_text(json.dumps(config, indent=1))
-    torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, path / "encoder.pt")
-    spec = encoder_spec(encoder, tnn, num_classes)
-    (path / "encoder.json").write_text(json.dumps(spec, indent=1))
-
-
-def load_state(path) -> dict:
-    return torch.load(Path(path) / "state.pt", weights_only=False)  # our own file: RNG tuples
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
+# --- early-stopping state -------------------------------------------------------------------
 
 def new_state() -> dict:
     return {"epoch": 0, "history": [], "best": -np.inf, "best_epoch": 0, "best_net": None,
@@ -476,7 +423,7 @@ def _start(config: dict) -> _Run:
     a_in, v_in = inputs["audio_in"], inputs["visual_in"]
     dims, classes = inputs["dims"], inputs["num_classes"]
     torch.manual_seed(t.seed)
-    net = build_net(cfg.tnn, a_in, v_in, _widths(dims, classes))
+    net = build_net(cfg.tnn, a_in, v_in, widths(dims, classes))
     state, checkpoint = new_state(), ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -647,8 +594,10 @@ def worker_inputs(prep: Prepared) -> dict:
             "val": prep.val, "test": prep.test, "num_classes": prep.num_classes}
 
 
-def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None):
-    """Run (or resume) `cfg.run_name` on Ray Train; returns the `ray.train.Result`."""
+def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
+        callbacks: list | None = None):
+    """Run (or resume) `cfg.run_name` on Ray Train; returns the `ray.train.Result`.
+    `callbacks`: Ray Train `UserCallback`s (e.g. Tune's `TuneReportCallback` in a trial)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     if not cfg.run_name:
@@ -667,6 +616,7 @@ def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None):
         run_config=RunConfig(
             name=cfg.run_name, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep)),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            callbacks=callbacks or None),
         datasets={"fit": prep.fit})
     return trainer.fit()
