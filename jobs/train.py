@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -29,15 +28,13 @@ from pathlib import Path
 
 import yaml
 
-from jobs.common import emit_error, print_config
+from jobs.common import emit_error, init_ray, print_config
 from tnn import tracking
 from tnn.config import from_dict, merge, parse_overrides, to_dict
 from tnn.errors import ConfigError, TnnError
 
 JOB = "train"
 CONFIGS = Path(__file__).with_name("configs")
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}
 
 
 def parse_args(argv):
@@ -97,23 +94,6 @@ def start_tracking(cfg):
     write_run_info(cfg.storage_path, cfg.run_name, {"mlflow_run_id": logger.run_id,
                                                     "tracking_uri": uri})
     return cfg, logger
-
-
-def init_ray() -> bool:
-    """Connect to RAY_ADDRESS (e.g. under `ray job submit`) or start a local Ray; True if
-    this call started it (and so must shut it down)."""
-    import ray
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if not address:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-    ray.init(address=address or "local", logging_level="WARNING", include_dashboard=not address,
-             dashboard_host="127.0.0.1")
-    import ray.data
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    return True
 
 
 def plot_history(history: list[dict], path: Path) -> Path:
