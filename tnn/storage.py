@@ -7,6 +7,9 @@ Resolution, first match wins:
     endpoint_url  field > AWS_ENDPOINT_URL_S3 > AWS_ENDPOINT_URL > the AWS default
     region        field > AWS_REGION > AWS_DEFAULT_REGION > the profile's region > us-east-1
     profile       field > AWS_PROFILE
+    retries       field > AWS_MAX_ATTEMPTS > 10 attempts per request, exponential backoff (AWS
+                  "standard" mode in both clients: a ~10 s outage of the store is ridden out;
+                  longer ones fail with the client's error after the budget)
     credentials   never held here: the standard chain (AWS_ACCESS_KEY_ID/..., shared files,
                   instance metadata); for an explicitly named profile they are resolved once
                   through boto3 and handed to pyarrow, which has no profile argument.
@@ -23,9 +26,10 @@ import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from tnn.errors import ConfigError
+from tnn.errors import ConfigError, DataError
 
 DEFAULT_REGION = "us-east-1"
+DEFAULT_ATTEMPTS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +40,13 @@ class StorageSettings:
     region: str | None = None
     profile: str | None = None  # a profile in ~/.aws/config / credentials
     anonymous: bool = False  # unsigned requests (public buckets)
+    max_attempts: int = DEFAULT_ATTEMPTS  # per request, first try included
+    connect_timeout: float = 5.0  # seconds
 
     def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.connect_timeout <= 0:
+            raise ConfigError(f"storage: max_attempts must be >= 1 and connect_timeout > 0; got "
+                              f"{self.max_attempts} and {self.connect_timeout}")
         if self.endpoint_url and urlsplit(self.endpoint_url).scheme not in ("http", "https"):
             raise ConfigError(f"storage: endpoint_url must start with http:// or https://; "
                               f"got {_redact(self.endpoint_url)!r}")
@@ -50,12 +59,18 @@ class StorageSettings:
         resolved = {"endpoint_url": pick("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
                     "region": pick("AWS_REGION", "AWS_DEFAULT_REGION"),
                     "profile": pick("AWS_PROFILE")}
+        attempts = pick("AWS_MAX_ATTEMPTS")
+        if attempts is not None:
+            if not attempts.strip().isdigit():
+                raise ConfigError(f"AWS_MAX_ATTEMPTS must be a positive integer; got {attempts!r}")
+            resolved["max_attempts"] = int(attempts)
         resolved.update({k: v for k, v in fields.items() if v is not None})
         return cls(**resolved)
 
     def __repr__(self) -> str:
         return (f"StorageSettings(endpoint_url={_redact(self.endpoint_url)!r}, "
-                f"region={self.region!r}, profile={self.profile!r}, anonymous={self.anonymous})")
+                f"region={self.region!r}, profile={self.profile!r}, anonymous={self.anonymous}, "
+                f"max_attempts={self.max_attempts})")
 
     def describe(self) -> str:
         """One log-safe line: endpoint, region, profile (never credentials)."""
@@ -103,7 +118,9 @@ def s3_client(settings: StorageSettings | None = None):
     from botocore.config import Config
     settings = settings or StorageSettings.from_env()
     session = _session(settings)
-    config = Config(signature_version=UNSIGNED) if settings.anonymous else None
+    config = Config(retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+                    connect_timeout=settings.connect_timeout,
+                    **({"signature_version": UNSIGNED} if settings.anonymous else {}))
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config,
                           region_name=_region(settings, session))
 
@@ -112,7 +129,8 @@ def s3_filesystem(settings: StorageSettings | None = None):
     """A `pyarrow.fs.S3FileSystem` built from `settings` (default: the environment)."""
     from pyarrow import fs
     settings = settings or StorageSettings.from_env()
-    kwargs: dict = {"anonymous": settings.anonymous}
+    kwargs: dict = {"anonymous": settings.anonymous, "connect_timeout": settings.connect_timeout,
+                    "retry_strategy": fs.AwsStandardS3RetryStrategy(settings.max_attempts)}
     session = _session(settings) if settings.profile else None
     kwargs["region"] = _region(settings, session)
     if settings.endpoint_url:
@@ -157,10 +175,14 @@ def publish(tmp: str, uri: str, client=None) -> None:
     if not is_s3(uri):
         os.replace(tmp, filesystem(uri)[1])
         return
+    from botocore.exceptions import BotoCoreError, ClientError
     bucket, key = split_s3(uri)
+    client = client or s3_client()
     try:
         with open(tmp, "rb") as f:
-            (client or s3_client()).put_object(Bucket=bucket, Key=key, Body=f)
+            client.put_object(Bucket=bucket, Key=key, Body=f)
+    except (BotoCoreError, ClientError) as err:
+        raise DataError(f"{uri}: upload failed after {_attempts(client)} attempt(s): {err}") from None
     finally:
         os.unlink(tmp)
 
@@ -172,4 +194,9 @@ def check_bucket(client, uri: str) -> None:
     try:
         client.head_bucket(Bucket=bucket)
     except (ClientError, BotoCoreError) as err:
-        raise ConfigError(f"{uri}: bucket {bucket!r} is not reachable ({err})") from None
+        raise ConfigError(f"{uri}: bucket {bucket!r} is not reachable after {_attempts(client)} "
+                          f"attempt(s) ({err})") from None
+
+
+def _attempts(client) -> int | str:
+    return client.meta.config.retries.get("total_max_attempts", "?")
