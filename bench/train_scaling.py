@@ -17,8 +17,9 @@ Targets: ray 1 >= 0.85x plain; ray 2 >= 1.6x ray 1 (2 cores, 1 CPU per worker).
 
 Part 2, 2 workers under DDP at global batch 256/1024/4096: the time of a full step through
 `global_batch_loss` (forward, gather, loss, backward with the gradient all-reduces, Adam) and,
-measured alone on the same shapes, the gather (all-gather forward + the all-reduce of its
-gradient) and the loss forward. Batch-all mining is fused with the hinge (it never lists
+measured alone on the same shapes, the gather (`gather_batch` forward + an all-reduce of its
+gradient's size) and the loss forward; and the Python-level collectives of one step (DDP's
+gradient all-reduce, in C++, comes on top). Batch-all mining is fused with the hinge (it never lists
 triplets), so "mining" is the whole triplet + CCA loss forward: an upper bound. Target: gather
 + mining <= 15% of the step. Prints a table, then one JSON line.
 """
@@ -60,7 +61,7 @@ def parse(argv):
 
 
 def job_config(args, workers: int, **changes):
-    from tnn.train_loop import MLflowConfig, TrainJobConfig
+    from tnn.train_config import MLflowConfig, TrainJobConfig
     tnn = _e2e_default()
     tnn = dataclasses.replace(tnn, train=dataclasses.replace(tnn.train, epochs=args.epochs,
                                                              patience=args.epochs))
@@ -72,7 +73,7 @@ def job_config(args, workers: int, **changes):
 
 def plain(args) -> dict:
     """`run_epoch` as `fit_tnn` runs it, on the same split and input stage."""
-    from tnn.train_loop import split_in_memory
+    from tnn.train_data import split_in_memory
     cfg = job_config(args, 1)
     fit, _, _ = split_in_memory(cfg)
     a_in, v_in = input_maps(fit, cfg.tnn.cca, project=False)
@@ -92,7 +93,8 @@ def plain(args) -> dict:
 
 def ray_train(args, workers: int, **changes) -> dict:
     from tnn.checkpoints import load_state
-    from tnn.train_loop import fit, prepare
+    from tnn.train_data import prepare
+    from tnn.train_loop import fit
     cfg = job_config(args, workers, **changes)
     result = fit(cfg, prepare(cfg, log=lambda s: None))
     with result.checkpoint.as_directory() as d:
@@ -115,7 +117,10 @@ def phase_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(net)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     kwargs = loss_kwargs(tnn, 10, net.audio_branch.cfg.out_dim)
-    out = {"latency_ms": 1e3 * _timed(lambda: tdist.all_reduce_sum(torch.zeros(4)), 50)}
+    grads = torch.zeros(sum(p.numel() for p in net.parameters()))  # DDP's all-reduce volume
+    out = {"latency_ms": 1e3 * _timed(lambda: tdist.all_reduce_sum(torch.zeros(4)), 50),
+           "grad_allreduce_ms": 1e3 * _timed(lambda: tdist.all_reduce_sum(grads), 10),
+           "params": grads.numel()}
     for batch in config["batches"]:
         b = batch // world
         g = torch.Generator().manual_seed(tdist.rank())
@@ -124,7 +129,8 @@ def phase_worker(config: dict) -> None:
 
         def step():
             emb = model(xa, xv)
-            terms = tdist.global_batch_loss(emb["audio_emb"], emb["visual_emb"], labels, **kwargs)
+            terms = tdist.global_batch_loss(emb["audio_emb"], emb["visual_emb"], labels,
+                                            rows=b, **kwargs)  # as `train_epoch`
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -132,15 +138,15 @@ def phase_worker(config: dict) -> None:
 
         emb = step()  # warm-up
         a, v = emb["audio_emb"].detach(), emb["visual_emb"].detach()
-        both = torch.cat([a, v], 1)
         t_step = _timed(step, config["steps"])
-        t_gather = _timed(lambda: tdist.all_reduce_sum(tdist.gather(both)), config["steps"])
-        ra, rv = tdist.gather(both).split([a.shape[1], v.shape[1]], 1)
-        refs = tdist.gather_labels(labels)
+        calls = _collectives(step)
+        t_gather = _timed(lambda: tdist.all_reduce_sum(  # forward gather + backward all-reduce
+            torch.cat(tdist.gather_batch(labels, a, v, b)[1:], 1)), config["steps"])
+        refs, ra, rv = tdist.gather_batch(labels, a, v, b)
         t_loss = _timed(lambda: combined_loss(a, v, labels, ref_audio_emb=ra, ref_visual_emb=rv,
                                               ref_labels=refs, **kwargs), config["steps"])
         out[batch] = {"step_s": t_step, "gather_s": t_gather, "loss_forward_s": t_loss,
-                      "share": (t_gather + t_loss) / t_step}
+                      "share": (t_gather + t_loss) / t_step, "collectives": calls}
     if tdist.rank() == 0:  # Result.metrics only carries metrics reported with a checkpoint
         with open(config["out"], "w") as f:
             json.dump(out, f)
@@ -159,6 +165,27 @@ def _timed(fn, steps: int) -> float:
         fn()
     tdist.barrier()
     return (time.perf_counter() - start) / steps
+
+
+def _collectives(fn) -> int:
+    """Python-level collectives (all_gather, all_reduce) of one call of ``fn``; DDP's own
+    gradient all-reduce runs in C++ and is not counted."""
+    import torch.distributed as dist
+    calls, saved = [0], {name: getattr(dist, name) for name in ("all_gather", "all_reduce")}
+
+    def counted(f):
+        def call(*a, **k):
+            calls[0] += 1
+            return f(*a, **k)
+        return call
+    try:
+        for name, f in saved.items():
+            setattr(dist, name, counted(f))
+        fn()
+    finally:
+        for name, f in saved.items():
+            setattr(dist, name, f)
+    return calls[0]
 
 
 def phases(args) -> dict:
@@ -182,11 +209,15 @@ def table(res: dict) -> str:
              f"{'ray 2':10s} {r2:10.0f}  {r2 / r1:.2f}x ray 1 (target >= 1.6)",
              f"{'ray 1 nsb':10s} {res['ray_1_no_shuffle_buffer']['samples_per_s']:10.0f}  "
              "(ray 1 without the local shuffle buffer)",
-             f"collective latency (small all-reduce, 2 ranks): {res['latency_ms']:.2f} ms", "",
-             f"{'batch':>6s} {'step ms':>8s} {'gather ms':>10s} {'loss fwd ms':>12s} {'share':>6s}"]
+             f"collective latency (small all-reduce, 2 ranks): {res['latency_ms']:.2f} ms",
+             f"all-reduce of the {res['params']} gradients (DDP's volume per step): "
+             f"{res['grad_allreduce_ms']:.1f} ms", "",
+             f"{'batch':>6s} {'step ms':>8s} {'gather ms':>10s} {'loss fwd ms':>12s} {'share':>6s} "
+             f"{'collectives':>11s}"]
     for batch, ph in res["phases"].items():
         lines.append(f"{batch:6d} {1e3 * ph['step_s']:8.1f} {1e3 * ph['gather_s']:10.1f} "
-                     f"{1e3 * ph['loss_forward_s']:12.1f} {ph['share']:6.1%}  (target <= 15%)")
+                     f"{1e3 * ph['loss_forward_s']:12.1f} {ph['share']:6.1%} "
+                     f"{ph['collectives']:11d}  (share target <= 15%)")
     return "\n".join(lines)
 
 
@@ -208,7 +239,8 @@ def main(argv=None) -> int:
             res["ray_1"], res["ray_2"] = ray_train(args, 1), ray_train(args, 2)
             res["ray_1_no_shuffle_buffer"] = ray_train(args, 1, shuffle_buffer=0)
             found = phases(args)
-            res["latency_ms"] = found.pop("latency_ms")
+            for key in ("latency_ms", "grad_allreduce_ms", "params"):
+                res[key] = found.pop(key)
             res["phases"] = {int(k): v for k, v in found.items()}
         finally:
             ray.shutdown()

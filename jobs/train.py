@@ -12,8 +12,10 @@
 The default method is tnn-e2e (`tnn.methods`), the default data the bundled uci-mfeat with
 fold 0 as the test fold; the config is printed resolved at start and saved with the MLflow
 run (SQLite store under ./runs/mlflow unless MLFLOW_TRACKING_URI or mlflow.tracking_uri says
-otherwise). On a cluster, storage_path and the tracking URI must be reachable from every node
-(s3://, an MLflow server). The last line is
+otherwise), with the history plot, the encoder files and the two MLflow pyfunc encoders
+(`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.log_checkpoint`) that
+`jobs.promote` registers and `jobs.evaluate` scores. On a cluster, storage_path and the
+tracking URI must be reachable from every node (s3://, an MLflow server). The last line is
 `train: test fold 0 a->v MAP 0.xxxx v->a MAP 0.xxxx (mean 0.xxxx) in N s, run <mlflow run id>`.
 """
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -96,36 +97,6 @@ def start_tracking(cfg):
     return cfg, logger
 
 
-def plot_history(history: list[dict], path: Path) -> Path:
-    """Loss terms and validation / test MAP per epoch, one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("total", "triplet", "cca"):
-        ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
-    for key in ("val_map", "test_map"):
-        if any(key in h for h in history):
-            ax2.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
-    for ax, title in ((ax1, "loss terms"), (ax2, "MAP (mean of a->v, v->a)")):
-        ax.set_xlabel("epoch"), ax.set_title(title), ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def log_results(logger, result) -> None:
-    """Plots from the final checkpoint's history, and the encoder files, as run artifacts."""
-    from tnn.checkpoints import load_state
-    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
-        state = load_state(d)
-        logger.artifact(plot_history(state["history"], Path(tmp) / "history.png"), "plots")
-        for name in ("encoder.pt", "encoder.json", "config.json"):
-            logger.artifact(Path(d) / name, "encoder")
-
-
 def main(argv=None) -> int:
     start, logger, started = time.perf_counter(), None, False
     try:
@@ -136,7 +107,8 @@ def main(argv=None) -> int:
         from tnn.train_loop import fit, prepare
         result = fit(cfg, prepare(cfg))
         if logger:
-            log_results(logger, result)
+            with result.checkpoint.as_directory() as d:
+                tracking.log_checkpoint(logger, d)
             logger.finish("FINISHED")
     except TnnError as err:
         if logger:

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from tests.reference import cca as ref
-from tnn.cca import CCAProjection, CCAStats, fit_cca, fit_cluster_cca, fit_linear_cca
+from tnn.cca import (
+    CCAProjection,
+    CCAStats,
+    fit_cca,
+    fit_cluster_cca,
+    fit_linear_cca,
+    standardized_stats,
+)
 from tnn.errors import ConfigError, DataError
 
 UCI = Path(__file__).resolve().parents[2] / "shared/data/uci_mfeat"
@@ -217,3 +224,19 @@ def test_data_errors():
         CCAStats.from_dict({k: v for k, v in stats_of(x, y, labels).to_dict().items() if k != "xx"})
     with pytest.raises(DataError, match=r"audio has shape \(31, 4\), expected \(rows, 5\)"):
         fit_linear_cca(stats_of(x, y, labels), 2).transform_audio(y)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_standardized_stats_equal_those_of_standardised_rows(scale):
+    x, y, labels = toy([40, 25, 35], dx=6, dy=5, seed=3)
+    x[:, 2] = 7.0  # a constant feature keeps the scale 1 (as `tnn.encoder.standardizer`)
+    (mx, sx), (my, sy), z = standardized_stats(CCAStats.from_arrays(x, y, labels, 3), scale=scale)
+    np.testing.assert_allclose(mx, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(my, y.mean(0), rtol=1e-12)
+    std = x.std(0)
+    want_sx = 1 / np.where(std > 1e-6, std, 1) if scale else np.ones(6)
+    np.testing.assert_allclose(sx, want_sx, rtol=1e-9)
+    assert sx[2] == 1.0
+    want = CCAStats.from_arrays((x - mx) * sx, (y - my) * sy, labels, 3)
+    for key, value in want.to_dict().items():
+        np.testing.assert_allclose(z.to_dict()[key], value, rtol=1e-9, atol=1e-9)

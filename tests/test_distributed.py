@@ -16,6 +16,7 @@ import traceback
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,6 +45,8 @@ CONFIGS = {  # name -> TrainConfig overrides; directions default to ("a2v", "v2a
     "both": dict(reduction="mean_positive", exclude_self_pair=True, w_cca=0.5),
 }
 TERM_KEYS = ("total", "triplet", "cca")
+COLLECTIVES = ("all_gather", "all_reduce", "all_gather_into_tensor", "reduce_scatter",
+               "broadcast", "barrier")
 
 
 def _kwargs(name: str) -> dict:
@@ -127,6 +130,12 @@ def _collectives_worker(rank, world, device):
     xa, xv, labels = _data()
     half = slice(rank * ROWS // world, (rank + 1) * ROWS // world)
     assert torch.equal(tdist.gather_labels(labels[half].to(device)).cpu(), labels)
+    refs, ra, rv = tdist.gather_batch(labels[half].to(device), xa[half].to(device),
+                                      xv[half].float().to(device))  # mixed dtypes
+    assert (refs.dtype, ra.dtype, rv.dtype) == (torch.long, torch.float64, torch.float32)
+    assert torch.equal(refs.cpu(), labels) and torch.equal(ra.cpu(), xa)
+    assert torch.equal(rv.cpu(), xv.float())
+    _check_collectives_per_step(half, device)
     count = tdist.all_reduce_sum(torch.tensor([rank + 1], device=device))
     assert count.item() == world * (world + 1) // 2
 
@@ -150,7 +159,8 @@ def _collectives_worker(rank, world, device):
     rows = 3 + rank  # unequal local batches
     emb = torch.zeros(rows, 4, device=device, requires_grad=True)
     for call in (lambda: tdist.gather(emb), lambda: tdist.gather_labels(labels[:rows]),
-                 lambda: tdist.global_batch_loss(emb, emb, labels[:rows].to(device))):
+                 lambda: tdist.global_batch_loss(emb, emb, labels[:rows].to(device)),
+                 lambda: tdist.gather(emb, rows=5)):  # a local check: raises on every rank
         with pytest.raises(DataError, match="equal batch"):
             call()
     return True
@@ -174,6 +184,37 @@ def _check_gather_gradient(rank, world, device):
     torch.testing.assert_close(x.grad, ref.grad[rows], rtol=1e-12, atol=1e-12)
 
 
+def _check_collectives_per_step(half, device):
+    """One forward + backward of `global_batch_loss` with both directions and the CCA term:
+    [shape check +] packed all-gather, one all-reduce of hinge sums and counts, one in backward."""
+    rows = half.stop - half.start
+    assert _collectives(half, device, None) == ["all_gather"] * 2 + ["all_reduce"] * 2
+    assert _collectives(half, device, rows) == ["all_gather"] + ["all_reduce"] * 2
+
+
+def _collectives(half, device, rows) -> list[str]:
+    xa, xv, labels = _data()
+    a = xa[half, :DV].to(device).requires_grad_(True)  # equal widths for the triplet term
+    v = xv[half].to(device).requires_grad_(True)
+    calls, saved = [], {name: getattr(dist, name) for name in COLLECTIVES}
+
+    def counted(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return saved[name](*args, **kwargs)
+        return call
+    try:
+        for name in COLLECTIVES:
+            setattr(dist, name, counted(name))
+        terms = tdist.global_batch_loss(a, v, labels[half].to(device), rows=rows,
+                                        **_kwargs("both"))
+        terms["total"].backward()
+    finally:
+        for name, fn in saved.items():
+            setattr(dist, name, fn)
+    return calls
+
+
 def _ddp_worker(rank, world, device):
     """Every config: DDP training through global_batch_loss; checks terms and first gradients."""
     xa, xv, labels = _data()
@@ -193,7 +234,7 @@ def _ddp_worker(rank, world, device):
                 idx = glob.view(world, -1)[rank]  # (BATCH / world,) this rank's half
                 out = ddp(xa[idx], xv[idx])
                 terms = tdist.global_batch_loss(out["audio_emb"], out["visual_emb"],
-                                                labels[idx], **kwargs)
+                                                labels[idx], rows=BATCH // world, **kwargs)
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 assert terms.keys() == want_terms.keys(), name
@@ -228,6 +269,7 @@ def test_single_process_fallbacks():
     tdist.barrier()
     x, labels = torch.randn(5, 3, requires_grad=True), torch.tensor([0, 1, 0, 1, 1])
     assert tdist.gather(x) is x and tdist.gather_labels(labels) is labels
+    assert all(a is b for a, b in zip(tdist.gather_batch(labels, x, x), (labels, x, x)))
     stats = CCAStats.from_arrays(np.ones((3, 2)), np.zeros((3, 2)))
     assert tdist.all_reduce_stats(stats) is stats
     assert torch.equal(tdist.all_reduce_sum(x), x) and not tdist.all_reduce_sum(x).requires_grad

@@ -20,7 +20,10 @@ def test_resolve_prefers_explicit_then_environment_then_sqlite(tmp_path, monkeyp
     assert artifacts == (tmp_path / "m" / "mlartifacts").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.resolve(None, tmp_path / "m") == ("http://127.0.0.1:5000", None)
-    assert tracking.resolve("sqlite:///x.db", tmp_path / "m") == ("sqlite:///x.db", None)
+    db = f"sqlite:///{tmp_path}/s/x.db"  # a SQLite store: artifacts beside it, never ./mlruns
+    assert tracking.resolve(db, tmp_path / "m") == (db, (tmp_path / "s/mlartifacts").as_uri())
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve("sqlite:///x.db", "m")[1] == (tmp_path / "mlartifacts").as_uri()
 
 
 def test_params_of_flattens_the_resolved_config():
@@ -61,6 +64,8 @@ def test_run_logs_and_reopens_the_same_run(store, tmp_path):
     names = {a.path for a in again.client.list_artifacts(logger.run_id)}
     assert names == {"config.yaml", "plots"}
     assert run.info.artifact_uri.startswith(artifacts)
+    assert tracking.run_config(logger.run_id, tracking_uri=uri) == config
+    assert tracking.run_config(logger.run_id, tracking_uri=uri, name="missing.yaml") is None
     assert (Path(artifacts[len("file://"):]) / logger.run_id / "artifacts" / "plots" /
             "history.png").read_bytes() == b"png"
 
@@ -70,3 +75,179 @@ def test_unknown_run_id_starts_a_new_run(store):
     logger, created = tracking.open_run(uri, "exp", "run-b", run_id="0" * 32,
                                         artifact_location=artifacts)
     assert created and logger.run_id != "0" * 32
+
+
+def test_a_new_sqlite_experiment_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's own default would be ./mlruns here
+    uri = f"sqlite:///{tmp_path}/db/mlflow.db"
+    logger, _ = tracking.open_run(uri, "exp", "run-c")
+    assert logger.client.get_run(logger.run_id).info.artifact_uri.startswith(
+        (tmp_path / "db" / "mlartifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+
+
+# --- encoders as pyfunc models, the registry and aliases ---------------------------------------
+
+NO_TNN_LOAD = """
+import json, sys
+import numpy as np
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tnn" or name.startswith("tnn."):
+            raise ImportError("tnn is blocked in this process")
+sys.meta_path.insert(0, Block())
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+for modality in ("audio", "visual"):
+    model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}-{modality}@champion")
+    np.save(f"{modality}.npy", model.predict(np.load(f"x_{modality}.npy")))
+print(json.dumps(sorted(k for k in sys.modules if k.split(".")[0] == "tnn")))
+"""
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A run holding a hand-made checkpoint's plots, encoder files and two pyfunc encoders."""
+    import numpy as np
+    import torch
+
+    from tnn import checkpoints
+    from tnn.encoder import Encoder
+    from tnn.methods import _e2e_default
+    from tnn.pipelines import build_net, input_maps
+    from tnn.sources import load_source
+    tmp = tmp_path_factory.mktemp("logged")
+    uci = load_source("uci-mfeat").subset(np.arange(0, 2000, 8))
+    cfg = _e2e_default()
+    a_in, v_in = input_maps(uci, cfg.cca, project=False)
+    torch.manual_seed(0)
+    encoder = Encoder(a_in, v_in, build_net(cfg, a_in, v_in, uci), 76, 240).eval()
+    history = [{"epoch": e, "total": 1.0 / e, "val_map": 0.5 + e / 10} for e in (1, 2)]
+    checkpoints.save_checkpoint(tmp, {"history": history}, {"run_name": "r"}, encoder, cfg, 10)
+    uri, artifacts = tracking.resolve(None, tmp / "mlflow")
+    logger, _ = tracking.open_run(uri, "exp", "with-encoders", artifact_location=artifacts)
+    uris = tracking.log_checkpoint(logger, tmp)
+    return {"uri": uri, "artifacts": artifacts, "logger": logger, "uris": uris, "uci": uci,
+            "encoder": encoder, "tmp": tmp}
+
+
+def test_log_checkpoint_puts_plots_files_and_two_encoders_in_the_run(logged):
+    logger, uris = logged["logger"], logged["uris"]
+    assert set(uris) == {"audio", "visual"} and all(u.startswith("models:/m-") for u in uris.values())
+    names = {a.path for a in logger.client.list_artifacts(logger.run_id)}
+    assert names == {"plots", "encoder"}
+    assert {a.path for a in logger.client.list_artifacts(logger.run_id, "encoder")} == {
+        "encoder/encoder.pt", "encoder/encoder.json", "encoder/config.json"}
+    run = logger.client.get_run(logger.run_id)
+    assert run.info.status == "RUNNING"  # the job finishes it
+    assert {o.model_id for o in run.outputs.model_outputs} == {u[len("models:/"):]
+                                                             for u in uris.values()}
+    models = tracking.logged_encoders(logger.run_id, tracking_uri=logged["uri"])
+    for modality, model in models.items():
+        assert model.experiment_id == run.info.experiment_id  # not the Default experiment
+        assert model.artifact_location.startswith(logged["artifacts"])
+        assert str(model.status).endswith("READY") and model.name == modality
+
+
+def test_using_restores_the_global_tracking_uri(logged, monkeypatch):
+    import os
+
+    import mlflow
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
+    before = mlflow.get_tracking_uri()
+    with tracking.using(logged["uri"]):
+        assert mlflow.get_tracking_uri() == logged["uri"] == mlflow.get_registry_uri()
+    assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
+
+
+def test_pyfunc_encoders_by_alias_and_by_run_equal_the_encoder(logged):
+    import numpy as np
+    uri, run_id, uci, enc = logged["uri"], logged["logger"].run_id, logged["uci"], logged["encoder"]
+    v1 = tracking.register_encoders(run_id, "reg", tracking_uri=uri)
+    v2 = tracking.register_encoders(run_id, "reg", tracking_uri=uri)
+    assert v1 == {"audio": "1", "visual": "1"} and v2 == {"audio": "2", "visual": "2"}
+    assert tracking.get_alias("reg", "champion", tracking_uri=uri) is None
+    tracking.set_alias("reg", "champion", v1, tracking_uri=uri)
+    tracking.set_alias("reg", "challenger", v2, tracking_uri=uri)
+    assert tracking.get_alias("reg", "champion", tracking_uri=uri) == v1
+    loaded = tracking.load_encoders("models:/reg@challenger", tracking_uri=uri)
+    ids = {m: u[len("models:/"):] for m, u in logged["uris"].items()}
+    assert loaded.info == {"model_uri": "models:/reg@challenger", "name": "reg",
+                           "alias": "challenger", "versions": v2, "run_id": run_id,
+                           "model_ids": ids}
+    by_run = tracking.load_encoders(f"runs:/{run_id}", tracking_uri=uri)
+    assert by_run.info["run_id"] == run_id and by_run.info["versions"] is None
+    for models in (loaded, by_run):
+        a, v = models.audio.predict(uci.audio), models.visual.predict(uci.visual)
+        assert a.dtype == np.float32 and a.shape == (uci.n, 9)
+        np.testing.assert_allclose(a, enc.embed_audio(uci.audio), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(v, enc.embed_visual(uci.visual), atol=1e-6, rtol=0)
+    with pytest.raises(Exception, match="shape"):
+        loaded.audio.predict(uci.visual)
+    meta = loaded.audio.metadata
+    assert meta.get_input_schema().inputs[0].shape == (-1, 76)
+    assert meta.get_output_schema().inputs[0].shape == (-1, 9)
+    assert meta.saved_input_example_info is not None  # an input example was logged
+
+
+def test_load_encoders_refuses_unknown_uris_and_missing_aliases(logged):
+    from tnn.errors import ConfigError
+    uri = logged["uri"]
+    with pytest.raises(ConfigError, match="expected models:/NAME@ALIAS or runs:/RUN_ID"):
+        tracking.load_encoders("s3://b/model", tracking_uri=uri)
+    tracking.register_encoders(logged["logger"].run_id, "noalias", tracking_uri=uri)
+    with pytest.raises(ConfigError, match="no model version has alias 'champion'"):
+        tracking.load_encoders("models:/noalias@champion", tracking_uri=uri)
+
+
+def test_set_alias_never_leaves_the_pair_split(logged, monkeypatch):
+    from mlflow import MlflowClient
+    uri, run_id = logged["uri"], logged["logger"].run_id
+    v1 = tracking.register_encoders(run_id, "pair", tracking_uri=uri)
+    v2 = tracking.register_encoders(run_id, "pair", tracking_uri=uri)
+    original = MlflowClient.set_registered_model_alias
+
+    def fail_on_visual(self, name, alias, version):
+        if name.endswith("-visual"):
+            raise RuntimeError("registry went away")
+        return original(self, name, alias, version)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
+    with pytest.raises(RuntimeError, match="went away"):  # no champion before: none after
+        tracking.set_alias("pair", "champion", v1, tracking_uri=uri)
+    assert tracking.get_alias("pair", "champion", tracking_uri=uri) is None
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original)
+    tracking.set_alias("pair", "champion", v1, tracking_uri=uri)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
+    with pytest.raises(RuntimeError):  # a champion before: the audio one is put back
+        tracking.set_alias("pair", "champion", v2, tracking_uri=uri)
+    assert tracking.get_alias("pair", "champion", tracking_uri=uri) == v1
+    # a pair split by hand is reported, not used
+    original(MlflowClient(uri), "pair-audio", "champion", v2["audio"])
+    from tnn.errors import ConfigError
+    with pytest.raises(ConfigError, match="split"):
+        tracking.get_alias("pair", "champion", tracking_uri=uri)
+
+
+def test_champion_loads_by_alias_without_the_tnn_package(logged):
+    import subprocess
+    import sys
+
+    import numpy as np
+    uri, tmp, uci, enc = logged["uri"], logged["tmp"], logged["uci"], logged["encoder"]
+    versions = tracking.register_encoders(logged["logger"].run_id, "iso", tracking_uri=uri)
+    tracking.set_alias("iso", "champion", versions, tracking_uri=uri)
+    work = tmp / "isolated"
+    work.mkdir()
+    np.save(work / "x_audio.npy", uci.audio[:64])
+    np.save(work / "x_visual.npy", uci.visual[:64])
+    res = subprocess.run([sys.executable, "-I", "-c", NO_TNN_LOAD, uri, "iso"], cwd=work,
+                         capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(work)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"  # no tnn module was loaded
+    np.testing.assert_allclose(np.load(work / "audio.npy"), enc.embed_audio(uci.audio[:64]),
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.load(work / "visual.npy"), enc.embed_visual(uci.visual[:64]),
+                               atol=1e-6, rtol=0)

@@ -1,6 +1,6 @@
-"""tnn.train_loop: statistics transforms, input stages, checkpoints and resume logic without Ray;
-then, on the session Ray, the distributed statistics pass and ONE 2-worker Train run that must
-match one process running `run_epoch` on the same global batches."""
+"""tnn.train_loop: config, early-stopping state and run note without Ray; then, on the session
+Ray, the distributed statistics pass (`tnn.train_data.prepare`) and ONE 2-worker Train run that
+must match one process running `run_epoch` on the same global batches."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
 from jobs.train import build_config, parse_args
 from tnn import train_loop as tl
-from tnn.cca import CCAStats, fit_cca
+from tnn.cca import CCAStats, fit_cca, standardized_stats
+from tnn.checkpoints import widths
 from tnn.config import from_dict, to_dict
 from tnn.errors import ConfigError
 from tnn.model import TwoBranchNet
@@ -24,76 +24,13 @@ from tnn.pipelines import (
     TNNConfig,
     TrainConfig,
     build_net,
-    input_maps,
+    input_maps_from_stats,
     loss_kwargs,
+    net_out_dim,
     run_epoch,
 )
-from tnn.sources import load_source
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-
-
-@pytest.fixture(scope="module")
-def uci():
-    return load_source("uci-mfeat").subset(np.arange(0, 2000, 4))  # 500 clips, 50 per class
-
-
-def _blocks(p, sizes):
-    """Uneven numpy batches of `p`, as Ray Data would hand them to map_batches."""
-    edges = np.cumsum([0, *sizes])
-    return [{"audio": p.audio[a:b], "visual": p.visual[a:b], "label": p.labels[a:b]}
-            for a, b in zip(edges[:-1], edges[1:])]
-
-
-# --- statistics and input stages -------------------------------------------------------------
-
-def test_block_statistics_add_up_to_the_in_memory_fit(uci):
-    rows = [tl.cca_stats_batch(b, 10) for b in _blocks(uci, [7, 193, 0, 300])]
-    assert all(v.shape[0] == 1 for r in rows for v in r.values())  # one row per block
-    got, want = tl.sum_stats(rows), CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10)
-    for key, value in want.to_dict().items():
-        np.testing.assert_allclose(got.to_dict()[key], value, rtol=1e-12, atol=1e-9)
-    a, b = fit_cca(got, 9, ridge=1e-3, beta=0.2), fit_cca(want, 9, ridge=1e-3, beta=0.2)
-    for x, y in ((a.A, b.A), (a.B, b.B), (a.corrs, b.corrs)):
-        np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-10)
-
-
-def test_standardised_statistics_equal_those_of_standardised_rows(uci):
-    (mx, sx), (my, sy), z = tl.standardized_stats(
-        CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10))
-    x = uci.audio.astype(np.float64)
-    np.testing.assert_allclose(mx, x.mean(0), rtol=1e-12, atol=1e-12)
-    std = x.std(0)
-    np.testing.assert_allclose(sx, 1 / np.where(std > 1e-6, std, 1), rtol=1e-7)
-    zx, zy = (x - mx) * sx, (uci.visual.astype(np.float64) - my) * sy
-    want = CCAStats.from_arrays(zx, zy, uci.labels, 10)
-    for key, value in want.to_dict().items():
-        np.testing.assert_allclose(z.to_dict()[key], value, rtol=1e-8, atol=1e-8 * uci.n)
-
-
-@pytest.mark.parametrize("pipeline", ["two-stage", "e2e"])
-def test_input_stages_from_statistics_match_pipelines_input_maps(uci, pipeline):
-    cfg = TNNConfig(pipeline=pipeline, cca=CCAConfig(dim=9))
-    got = tl.input_maps_from_stats(CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10),
-                                   cfg, 10)
-    want = input_maps(uci, cfg.cca, project=pipeline == "two-stage")
-    with torch.no_grad():
-        for g, w, x in zip(got, want, (uci.audio, uci.visual)):
-            g, w = g(torch.from_numpy(x)), w(torch.from_numpy(x))
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
-
-
-def test_project_batch_and_id_selection_are_plain_functions(uci):
-    a_in, v_in = input_maps(uci, CCAConfig(dim=4), project=True)
-    out = tl.project_batch({"audio": uci.audio[:5], "visual": uci.visual[:5],
-                            "label": uci.labels[:5], "row": np.arange(5)}, a_in, v_in)
-    assert out["audio"].shape == (5, 4) and out["audio"].dtype == np.float32
-    assert out["row"].tolist() == [0, 1, 2, 3, 4]
-    table = pa.table({"clip_id": ["a", "b", "c"], "label": [0, 1, 2]})
-    ids = pa.array(["b"])
-    assert tl.select_ids(table, ids, keep=True).to_pydict() == {"label": [1]}
-    kept = tl.select_ids(table, ids, keep=False, drop_ids=False)
-    assert kept["clip_id"].to_pylist() == ["a", "c"]
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -175,9 +112,9 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     want = CCAStats.from_arrays(fit.audio, fit.visual, fit.labels, 10)
     for key, value in want.to_dict().items():
         np.testing.assert_allclose(prep.stats.to_dict()[key], value, rtol=1e-12, atol=1e-9)
-    two_stage = tl.input_maps_from_stats(prep.stats,
-                                         dataclasses.replace(EQUIV, pipeline="two-stage"), 10)
-    (_, sx), (_, sy), z = tl.standardized_stats(want)
+    two_stage = input_maps_from_stats(prep.stats,
+                                      dataclasses.replace(EQUIV, pipeline="two-stage"), 10)
+    (_, sx), (_, sy), z = standardized_stats(want)
     proj = fit_cca(z, 4, ridge=1e-3, beta=0.2)
     np.testing.assert_allclose(two_stage[0][1].weight.numpy(), proj.A, rtol=1e-5, atol=1e-6)
 
@@ -198,7 +135,7 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     torch.manual_seed(EQUIV.train.seed)
     net = build_net(EQUIV, prep.audio_in, prep.visual_in, fit)
     opt = torch.optim.Adam(net.parameters(), lr=EQUIV.train.lr)
-    kwargs = loss_kwargs(EQUIV, 10, tl.net_out_dim(EQUIV, 10))
+    kwargs = loss_kwargs(EQUIV, 10, net_out_dim(EQUIV, 10))
     steps = len(ranks[0]) // 3
     for epoch in range(3):
         order = np.concatenate([np.concatenate([ranks[0][s], ranks[1][s]])
@@ -231,6 +168,6 @@ def _initial(prep, fit) -> dict:
 
 def test_model_has_no_batchnorm_for_the_exact_check():
     net = build_net(EQUIV, torch.nn.Identity(), torch.nn.Identity(),
-                    tl.widths((76, 240), 10))
+                    widths((76, 240), 10))
     assert isinstance(net, TwoBranchNet)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())

@@ -203,6 +203,30 @@ def fit_linear_cca(stats: CCAStats, k: int, ridge: float = 1e-4, **kw) -> CCAPro
     return fit_cca(stats, k, ridge=ridge, beta=1.0, **kw)
 
 
+def standardized_stats(stats: CCAStats, scale: bool = True, eps: float = 1e-6):
+    """Means m, scales s and the statistics of the rows z = (x - m) s, all from raw `stats`.
+
+    m = sum_x / n, s = 1 / (population std), constant features 1 (`tnn.encoder.standardizer`;
+    scale=False: s = 1). With sum_x = n m: Z'Z = S (X'X - n m m') S, Z'W = S (X'Y - n m m_y')
+    S_y, sum_z = (sum_x - n m) s (zero up to rounding), class sums (Sx_c - n_c m) s. Float64.
+    """
+    n = stats.n
+    mx, my = stats.sum_x / n, stats.sum_y / n
+
+    def inv_std(sq, m):
+        std = np.sqrt(np.maximum(np.diag(sq) / n - m * m, 0.0))
+        return 1.0 / np.where(std > eps, std, 1.0) if scale else np.ones_like(m)
+
+    sx, sy = inv_std(stats.xx, mx), inv_std(stats.yy, my)
+    cov = lambda xy, a, b, sa, sb: sa[:, None] * (xy - n * np.outer(a, b)) * sb  # noqa: E731
+    z = CCAStats(n, (stats.sum_x - n * mx) * sx, (stats.sum_y - n * my) * sy,
+                 cov(stats.xx, mx, mx, sx, sx), cov(stats.yy, my, my, sy, sy),
+                 cov(stats.xy, mx, my, sx, sy), stats.class_n,
+                 (stats.class_sum_x - stats.class_n[:, None] * mx) * sx,
+                 (stats.class_sum_y - stats.class_n[:, None] * my) * sy)
+    return (mx, sx), (my, sy), z
+
+
 def _check_config(k, ridge, beta, covariance):
     if covariance not in COVARIANCES:
         raise ConfigError(f"covariance={covariance!r} is not one of {COVARIANCES}")

@@ -16,6 +16,13 @@ exactly dL/dtheta. Each anchor lives on one rank, hence the factor W on the trip
 computed identically on every rank, so it needs no factor. (With a plain all-gather whose
 gradient stops at the local slice, the CCA term would instead need the factor W.)
 
+Communication per training step (W > 1), latency-bound at the usual batch sizes: ONE
+all-gather of the packed rows [label | audio | visual] (`gather_batch`), ONE all-reduce of every
+direction's hinge sum and counts (the global normalisers and values at once), and in the
+backward one all-reduce of the gathered gradient; then DDP's bucketed all-reduce of the
+parameter gradients. Unless the caller passes the agreed local batch (``rows``), a small
+all-gather of the shapes comes first.
+
 Exact equality with one process also needs no dropout (each rank draws its own masks, equal
 only in distribution) and no BatchNorm on local batches (use `torch.nn.SyncBatchNorm`).
 """
@@ -23,14 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from tnn.cca import CCAStats
-from tnn.errors import DataError
-from tnn.losses import combined_loss
+from tnn.errors import ConfigError, DataError
+from tnn.losses import REDUCTIONS, combined_loss, triplet_loss
+from tnn.losses_cca import cluster_cca_loss
+from tnn.mining import check_directions
 
 
 def is_initialized() -> bool:
@@ -103,16 +113,24 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]  # (b, ...)
 
 
-def gather(x: torch.Tensor) -> torch.Tensor:
+def gather(x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     """(b, ...) local rows -> (W b, ...) rows of every rank in rank order, with gradients.
 
     The gradient reaching rank r's input is the gradient of the SUM of all ranks' losses with
     respect to rank r's rows (see the module docstring for what that means under DDP). Every
-    rank must pass the same shape (equal batches: drop_last); a DataError says otherwise.
+    rank must pass the same shape (equal batches: drop_last); a DataError says otherwise, after
+    an all-gather of the shapes. ``rows``: the row count that every rank holds by construction
+    (e.g. the configured local batch, with row widths fixed by one network); it is checked on
+    this rank alone, which saves that collective. A rank that fails this check raises the
+    DataError; the others then fail in their next collective.
     """
     if world_size() == 1:
         return x
-    _check_equal_shapes(x, "gather")
+    if rows is None:
+        _check_equal_shapes(x, "gather")
+    elif x.ndim == 0 or x.shape[0] != rows:
+        raise DataError(f"gather: rank {rank()} holds {tuple(x.shape)}, expected {rows} rows; "
+                        "every rank needs an equal batch (drop_last=True and an equal split)")
     return _AllGather.apply(x)
 
 
@@ -158,35 +176,85 @@ def all_reduce_stats(stats: CCAStats) -> CCAStats:
     return CCAStats(**out)
 
 
-def global_batch_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels: torch.Tensor,
-                      **loss_kwargs) -> dict[str, torch.Tensor]:
+def gather_batch(labels: torch.Tensor, audio_emb: torch.Tensor, visual_emb: torch.Tensor,
+                 rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's labels (b,) and embeddings (b, Da), (b, Dv) -> the global batch (W b,),
+    (W b, Da), (W b, Dv) in rank order; the embeddings carry gradients as in `gather`.
+
+    One all-gather of packed rows [label | audio | visual] (after `gather`'s shape check, a
+    local one with ``rows``). The labels travel as floats of at least float32: exact for class
+    indices below 2^24.
+    """
+    if world_size() == 1:
+        return labels, audio_emb, visual_emb
+    dtype = torch.promote_types(torch.promote_types(audio_emb.dtype, visual_emb.dtype),
+                                torch.float32)
+    packed = torch.cat([labels.to(audio_emb.device, dtype)[:, None], audio_emb.to(dtype),
+                        visual_emb.to(dtype)], dim=1)  # (b, 1 + Da + Dv)
+    full = gather(packed, rows)  # (W b, 1 + Da + Dv)
+    ref_audio, ref_visual = full[:, 1:].split([audio_emb.shape[1], visual_emb.shape[1]], dim=1)
+    return (full[:, 0].detach().long(), ref_audio.to(audio_emb.dtype),
+            ref_visual.to(visual_emb.dtype))
+
+
+def global_batch_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels: torch.Tensor, *,
+                      directions: Sequence[str] = ("a2v",), w_triplet: float = 1.0,
+                      w_cca: float = 0.0, cca: Callable[..., torch.Tensor] | None = None,
+                      cca_kwargs: Mapping | None = None, reduction: str = "mean",
+                      rows: int | None = None, **triplet_kwargs) -> dict[str, torch.Tensor]:
     """`tnn.losses.combined_loss` of the global batch: local anchors against the gathered refs.
 
-    audio_emb, visual_emb (b, D) and labels (b,) are this rank's rows; ``loss_kwargs`` as for
-    `combined_loss` (e.g. `tnn.pipelines.loss_kwargs`). Returns the same keys. Every value
+    audio_emb, visual_emb (b, D) and labels (b,) are this rank's rows; the keywords are
+    `combined_loss`'s (e.g. `tnn.pipelines.loss_kwargs`). Returns the same keys. Every value
     equals the single-process value on the concatenated global batch, on every rank (counts
     and fractions too). ``"total"``, ``"triplet"`` and ``"cca"`` carry this rank's gradient
     L_r (module docstring): after DDP's averaging, ``total.backward()`` gives the gradient of
     the single-process loss. One process: exactly `combined_loss`.
+
+    Two collectives in the forward pass: the packed all-gather (`gather_batch`; ``rows`` as in
+    `gather`, else a shape check first) and ONE all-reduce of every direction's hinge sum and
+    counts, which gives both the global normalisers and the global values; the backward adds
+    one all-reduce.
     """
-    w, b, dims = world_size(), labels.shape[0], [audio_emb.shape[1], visual_emb.shape[1]]
-    if w == 1:
-        return combined_loss(audio_emb, visual_emb, labels, **loss_kwargs)
-    both = gather(torch.cat([audio_emb, visual_emb], dim=1))  # (W b, Da + Dv): one collective
-    ref_audio, ref_visual = both.split(dims, dim=1)  # (W b, Da), (W b, Dv)
-    self_index = rank() * b + torch.arange(b, device=labels.device)  # (b,) own pair's ref row
-    w_triplet = loss_kwargs.pop("w_triplet", 1.0)
-    out = combined_loss(audio_emb, visual_emb, labels, ref_audio_emb=ref_audio,
-                        ref_visual_emb=ref_visual, ref_labels=gather_labels(labels),
-                        self_index=self_index, w_triplet=w * w_triplet,
-                        reduce_counts=all_reduce_sum, **loss_kwargs)
-    # Each local term below sums over ranks to W times its global value.
-    local = {"total": out["total"], "cca": out["cca"],
-             **{k: w * out[k] for k in out if k.startswith("triplet")}}
-    values = all_reduce_sum(torch.stack([t.detach() for t in local.values()])) / w
-    for (key, term), value in zip(local.items(), values):  # global value, this rank's gradient
-        out[key] = term + (value - term).detach() if term.requires_grad else value
-    return out
+    if world_size() == 1:
+        return combined_loss(audio_emb, visual_emb, labels, directions=directions,
+                             w_triplet=w_triplet, w_cca=w_cca, cca=cca, cca_kwargs=cca_kwargs,
+                             reduction=reduction, **triplet_kwargs)
+    check_directions(directions)
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    w, b = world_size(), labels.shape[0]
+    ref_labels, ref_audio, ref_visual = gather_batch(labels, audio_emb, visual_emb, rows)
+    self_index = rank() * b + torch.arange(b, device=ref_labels.device)  # (b,) own pair's ref row
+    labels = ref_labels[self_index]  # (b,) on the embeddings' device
+    sides = {"a2v": (audio_emb, ref_visual), "v2a": (visual_emb, ref_audio)}
+    local = {d: triplet_loss(sides[d][0], labels, sides[d][1], ref_labels, reduction="sum",
+                             self_index=self_index, **triplet_kwargs) for d in directions}
+    sums = all_reduce_sum(torch.stack([  # (dirs, 3): global hinge sums and counts
+        torch.stack([x.detach().double() for x in (res.loss, res.num_triplets, res.num_active)])
+        for res in local.values()]))
+    out, shares = {}, []
+    for (d, res), (hinge, n_trip, n_act) in zip(local.items(), sums):
+        denom = {"mean": n_trip, "mean_positive": n_act, "sum": torch.ones_like(n_trip)}
+        denom = denom[reduction].clamp_min(1)
+        shares.append(res.loss / denom.to(res.loss.dtype))  # this rank's share of the mean
+        out.update({f"triplet_{d}": (hinge / denom).to(res.loss.dtype),
+                    f"num_triplets_{d}": n_trip.long(), f"num_active_{d}": n_act.long(),
+                    f"frac_active_{d}": (n_act / n_trip.clamp_min(1)).float()})
+    triplet = torch.stack([out[f"triplet_{d}"] for d in directions]).mean()  # global value
+    share = w * torch.stack(shares).mean()  # sums over ranks to W times the triplet term
+    cca_term = share.new_zeros(())
+    if w_cca != 0:  # the same batch, hence the same value and no factor, on every rank
+        cca_term = (cca or cluster_cca_loss)(ref_audio, ref_labels, ref_visual, ref_labels,
+                                             **(cca_kwargs or {}))
+    total = w_triplet * triplet + w_cca * cca_term.detach()
+    return {"total": _valued(w_triplet * share + w_cca * cca_term, total),
+            "triplet": _valued(share, triplet), "cca": cca_term, **out}
+
+
+def _valued(term: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, ``term``'s gradient in the backward."""
+    return term + (value - term).detach() if term.requires_grad else value
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:

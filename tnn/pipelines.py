@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tnn.cca import CCAStats, fit_cca
+from tnn.cca import CCAStats, fit_cca, standardized_stats
 from tnn.encoder import Affine, Encoder, Ensemble, standardizer
 from tnn.errors import ConfigError
 from tnn.folds import validation_split
@@ -121,6 +121,22 @@ def input_maps(fit: Pairs, cca: CCAConfig, project: bool, beta: float | None = N
     k = cca_dim(cca, fit.num_classes, fit.audio.shape[1], fit.visual.shape[1])
     proj = fit_cca(stats, k, ridge=cca.ridge, beta=cca.beta if beta is None else beta,
                    scale_by_corr=cca.scale_by_corr)
+    return (nn.Sequential(a_std, Affine(proj.mean_x, proj.A)),
+            nn.Sequential(v_std, Affine(proj.mean_y, proj.B)))
+
+
+def input_maps_from_stats(stats: CCAStats, tnn: TNNConfig,
+                          num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """`input_maps` from summed statistics (one distributed pass: `tnn.train_data`): the
+    standardiser, then for the two-stage pipeline the cluster-CCA projection fitted on the
+    standardised statistics (`tnn.cca.standardized_stats`)."""
+    (mx, sx), (my, sy), z = standardized_stats(stats, scale=tnn.cca.standardize)
+    a_std, v_std = Affine(mx, np.diag(sx)), Affine(my, np.diag(sy))
+    if tnn.pipeline != "two-stage":
+        return a_std, v_std
+    k = cca_dim(tnn.cca, num_classes, len(mx), len(my))
+    proj = fit_cca(z, k, ridge=tnn.cca.ridge, beta=tnn.cca.beta,
+                   scale_by_corr=tnn.cca.scale_by_corr)
     return (nn.Sequential(a_std, Affine(proj.mean_x, proj.A)),
             nn.Sequential(v_std, Affine(proj.mean_y, proj.B)))
 
