@@ -8,7 +8,7 @@ averaged over folds, in a table and (with --json) in the JSON contract of DESIGN
     python -m jobs.crossval --data uci-mfeat:fou,pix --methods cca,c-cca --dim 9 --json out.json
     python -m jobs.crossval --data s3://bucket/shards          # shards: their stored folds
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python -m jobs.crossval --data s3://bucket/shards --json /tmp/cv.json
+        python -m jobs.crossval --data s3://bucket/shards --json s3://bucket/results/cv.json
 
 It ends with one line: `crossval: best <method> mean MAP 0.xxx over K folds (... s)`.
 """
@@ -26,6 +26,7 @@ import numpy as np
 
 from jobs.common import emit_error, print_config
 from tnn import methods as registry
+from tnn import storage
 from tnn.config import load
 from tnn.errors import TnnError
 from tnn.folds import assign_folds, split
@@ -58,7 +59,7 @@ def parse_args(argv):
     ap.add_argument("--folds", type=int)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--dim", type=int, help="CCA dimension / common-space width for every method")
-    ap.add_argument("--json", help="write the results JSON here")
+    ap.add_argument("--json", help="write the results JSON here (a path or s3://bucket/key)")
     ap.add_argument("--smoke", action="store_true", help="2 folds, 2 epochs: a seconds-long check")
     return ap.parse_args(argv)
 
@@ -125,6 +126,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_json(uri: str, data: dict) -> None:
+    """A local path or s3://bucket/key (a job's working directory on a cluster is temporary)."""
+    fs, path = storage.filesystem(uri)
+    if not storage.is_s3(uri):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(data, indent=2).encode())
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()
     try:
@@ -142,8 +152,10 @@ def main(argv=None) -> int:
         dim = cca_dim(cfg.settings.cca, pairs.num_classes, pairs.audio.shape[1], pairs.visual.shape[1])
         out = {"data": pairs.name, "folds": cfg.folds, "seed": cfg.seed, "dim": dim,
                "methods": results}
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(out, indent=2))
+        try:
+            write_json(cfg.json, out)
+        except OSError as err:
+            return emit_error("crossval", err)
         print(f"wrote {cfg.json}")
     best = max(results, key=lambda m: results[m]["a2v_map"] + results[m]["v2a_map"])
     mean = (results[best]["a2v_map"] + results[best]["v2a_map"]) / 2

@@ -5,9 +5,12 @@
   session: fake credentials, `AWS_ENDPOINT_URL`, a region, and empty AWS config files so a
   developer's ~/.aws never leaks in. In-process moto mocks would not reach pyarrow.
 - `s3_bucket` / `s3_prefix`: a session bucket and a fresh prefix per test.
-- `ray_local`: one Ray instance for the whole session (`ray.init(address="local")`, 2 CPUs,
-  dashboard on 127.0.0.1 for the State API that Train/Tune need). It depends on `s3_server`
-  so Ray workers inherit the AWS environment. Never more than one Ray per machine.
+- `ray_local`: the session's one Ray instance (`ray.init(address="local")`, 2 CPUs, a
+  `trial_slot` resource of 2 for Tune's trial drivers, dashboard on 127.0.0.1 for the State API
+  that Train/Tune need), started lazily by the first test that asks for it and again after a
+  module asked for `no_session_ray` (tests/test_job_submit.py does, to run a head of its
+  own). It depends on `s3_server` so Ray workers inherit the AWS environment. Never more
+  than one Ray per machine.
 """
 
 from __future__ import annotations
@@ -109,21 +112,41 @@ def s3_prefix(s3_bucket, request) -> str:
     return f"{s3_bucket}/{name}-{uuid.uuid4().hex[:8]}"
 
 
+def _start_ray():
+    import ray
+    import ray.data
+    ray.init(address="local", num_cpus=2, resources={"trial_slot": 2}, include_dashboard=True,
+             dashboard_host="127.0.0.1", logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 @pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One local Ray instance (2 CPUs, quiet Ray Data) for the session; shut down at the end."""
+def _ray_session(s3_server):
+    """The Ray environment for the session; whatever Ray is up at the end is shut down."""
     mp = pytest.MonkeyPatch()
     for key, value in RAY_ENV.items():
         mp.setenv(key, value)
-    import ray
-    import ray.data
-    if ray.is_initialized():
-        raise RuntimeError("a Ray instance is already initialised in this process")
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        yield ray
+        yield
     finally:
+        import ray
         ray.shutdown()
         mp.undo()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """The session's local Ray, started on first use and again after a test stopped it."""
+    import ray
+    if not ray.is_initialized():
+        _start_ray()
+    return ray
+
+
+@pytest.fixture(scope="module")
+def no_session_ray():
+    """No Ray in this process for a module that runs a Ray of its own (one Ray per machine):
+    shuts the session's down if it is up; the next `ray_local` user starts it again."""
+    import ray
+    ray.shutdown()
+    yield
