@@ -116,26 +116,13 @@ class EmbeddingWriter(ShardWriter):
         self._model = {k: model.get(k) for k in MODEL_KEYS}
 
     def write(self, clip_ids, labels, audio_emb, visual_emb) -> None:
-        widths = (int(audio_emb.shape[1]), int(visual_emb.shape[1]))
-        if self._widths not in (None, widths):
-            raise DataError(f"{self.uri}: chunk widths {widths} differ from {self._widths}")
-        self._widths = widths
-        table, start = to_table(clip_ids, labels, audio_emb, visual_emb), 0
-        while start < table.num_rows:
-            if self._pw is None:
-                self._start()
-            take = min(table.num_rows - start, self.rows_per_shard - self._rows)
-            self._pw.write_table(table.slice(start, take))
-            self._rows, start = self._rows + take, start + take
-            if self._rows == self.rows_per_shard:
-                self._finish()
+        self._append(to_table(clip_ids, labels, audio_emb, visual_emb),
+                     (int(audio_emb.shape[1]), int(visual_emb.shape[1])))
 
-    def _start(self) -> None:
+    def _parquet_writer(self, path: str):
         import pyarrow.parquet as pq
-        self._tmp = storage.temp_path(self.uri, self._name())
-        self._pw = pq.ParquetWriter(self._tmp, schema(*self._widths), use_dictionary=False,
-                                    compression=self.compression, write_statistics=["label"])
-        self._rows = 0
+        return pq.ParquetWriter(path, schema(*self._widths), use_dictionary=False,
+                                compression=self.compression, write_statistics=["label"])
 
     def close(self) -> IndexManifest:
         if self._pw is not None:

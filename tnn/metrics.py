@@ -54,13 +54,18 @@ def _check_matrix(x, name: str) -> np.ndarray:
 
 def _normalised(emb, name: str) -> np.ndarray:
     """Rows scaled to unit L2 norm, so that dot products are cosine similarities."""
-    a = _check_matrix(emb, name)
+    return unit_rows(_check_matrix(emb, name), name)
+
+
+def unit_rows(a: np.ndarray, name: str) -> np.ndarray:
+    """Finite, non-zero rows of a 2-D array scaled to unit length; `DataError` naming the
+    first bad row otherwise."""
     bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
     if len(bad):
-        raise DataError(f"{name} contains NaN or inf (first at row {bad[0]})")
+        raise DataError(f"{name}: row {bad[0]} has NaN or inf values")
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise DataError(f"{name} row {int(np.flatnonzero(norms == 0)[0])} has zero norm")
+        raise DataError(f"{name}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
     return a / norms
 
 

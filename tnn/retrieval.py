@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from tnn.errors import ConfigError, DataError
+from tnn.metrics import unit_rows
 
 CHUNK_ELEMS = 1 << 24  # floats per score block (64 MB in float32)
 QUERY_CHUNK = 1024
@@ -120,13 +121,7 @@ def normalise(x: np.ndarray, what: str = "queries") -> np.ndarray:
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise DataError(f"{what} must be a 2-D array (N, D); got shape {x.shape}")
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if len(bad):
-        raise DataError(f"{what}: row {bad[0]} has NaN or inf values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise DataError(f"{what}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    return x / norms
+    return unit_rows(x, what)
 
 
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:

@@ -72,11 +72,14 @@ class ShardWriter:
 
     def write(self, audio, visual, labels, clip_ids, folds) -> None:
         """Append rows (numpy arrays of equal length) in shard layout."""
-        widths = (int(audio.shape[1]), int(visual.shape[1]))
+        self._append(to_table(audio, visual, labels, clip_ids, folds),
+                     (int(audio.shape[1]), int(visual.shape[1])))
+
+    def _append(self, table, widths: tuple[int, int]) -> None:
+        """Append an Arrow table, cutting shards of `rows_per_shard` rows."""
         if self._widths not in (None, widths):
             raise DataError(f"{self.uri}: chunk widths {widths} differ from {self._widths}")
-        self._widths = widths
-        table, start = to_table(audio, visual, labels, clip_ids, folds), 0
+        self._widths, start = widths, 0
         while start < table.num_rows:
             if self._pw is None:
                 self._start()
@@ -89,12 +92,14 @@ class ShardWriter:
     def _name(self) -> str:
         return f"part-{len(self.shards):05d}.parquet"
 
-    def _start(self) -> None:
+    def _parquet_writer(self, path: str):
         import pyarrow.parquet as pq
+        return pq.ParquetWriter(path, schema(*self._widths), use_dictionary=False,
+                                compression=self.compression, write_statistics=["label", "fold"])
+
+    def _start(self) -> None:
         self._tmp = storage.temp_path(self.uri, self._name())
-        self._pw = pq.ParquetWriter(self._tmp, schema(*self._widths), use_dictionary=False,
-                                    compression=self.compression,
-                                    write_statistics=["label", "fold"])
+        self._pw = self._parquet_writer(self._tmp)
         self._rows = 0
 
     def _finish(self) -> None:
