@@ -202,9 +202,9 @@ def report(out: dict) -> None:
 
 
 def queries_for(model: dict, n: int, tracking_uri: str) -> np.ndarray:
-    from tnn import tracking
+    from tnn import registry
     from tnn.synthetic import synthetic
-    enc = tracking.load_encoders(f"runs:/{model['run_id']}", tracking_uri=tracking_uri)
+    enc = registry.load_encoders(f"runs:/{model['run_id']}", tracking_uri=tracking_uri)
     return enc.audio.predict(synthetic(n=n, seed=2).audio)
 
 

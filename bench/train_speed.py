@@ -25,7 +25,7 @@ import torch
 from tnn.losses import triplet_loss
 from tnn.methods import MethodsConfig
 from tnn.mining import batch_all
-from tnn.pipelines import TrainConfig, build_net, input_maps, loss_kwargs, run_epoch
+from tnn.pipelines import build_net, input_maps, loss_kwargs, run_epoch
 from tnn.synthetic import synthetic
 
 

@@ -11,7 +11,7 @@
 
 Ray Data streams the feature shards (`tnn.data.dataset`; or an in-memory source such as
 `uci-mfeat`) through `map_batches` into actors that each hold the two pyfunc encoders
-(`tnn.tracking.load_encoders`); the driver writes the embedded batches as they arrive
+(`tnn.registry.load_encoders`); the driver writes the embedded batches as they arrive
 (`tnn.embedding_shards.EmbeddingWriter`: atomic shards, the manifest last, naming the model
 name, alias, versions and run). Memory depends on the batch size and the object-store cap
 (`--object-store-mib`, blocks in flight), not on the gallery size. The model URI is
@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from jobs.common import emit_error, init_ray, print_config
-from tnn import embedding_shards, retrieval, tracking
+from tnn import embedding_shards, registry, retrieval, tracking
 from tnn.errors import ConfigError, DataError, TnnError
 
 JOB = "embed"
@@ -99,7 +99,7 @@ class EncoderActor:
     """Holds both pyfunc encoders of `model_uri`; refuses versions other than `expected`."""
 
     def __init__(self, model_uri: str, tracking_uri: str, expected: dict, gpu: bool) -> None:
-        enc = tracking.load_encoders(model_uri, tracking_uri=tracking_uri)
+        enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
         if (enc.info["versions"], enc.info["run_id"]) != (expected["versions"],
                                                           expected["run_id"]):
             raise DataError(f"{model_uri} moved while embedding: the job started with "
@@ -151,7 +151,7 @@ def embed(cfg: EmbedConfig, log=print) -> embedding_shards.IndexManifest:
     """Resolve the model, stream the data through the encoder actors, write the index; the
     last log line gives the streaming time and rate (model loading and Ray start excluded)."""
     uri = tracking.resolve(cfg.tracking_uri, tracking.DEFAULT_LOCAL_DIR)[0]
-    info = tracking.load_encoders(cfg.model, tracking_uri=uri).info
+    info = registry.load_encoders(cfg.model, tracking_uri=uri).info
     log(f"{JOB}: model {retrieval.describe_model(info)}", flush=True)
     import ray.data
     ds, total, class_names, source = source_dataset(cfg)
@@ -190,9 +190,9 @@ def smoke_model(tracking_uri: str, name: str = "tnn", data: str = "uci-mfeat",
     from tnn.sources import load_source
     p = load_source(data)
     logger, _ = tracking.open_run(tracking_uri, "embed-smoke", f"{name}-smoke")
-    tracking.log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))
-    versions = tracking.register_encoders(logger.run_id, name, tracking_uri=tracking_uri)
-    tracking.set_alias(name, alias, versions, tracking_uri=tracking_uri)
+    registry.log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))
+    versions = registry.register_encoders(logger.run_id, name, tracking_uri=tracking_uri)
+    registry.set_alias(name, alias, versions, tracking_uri=tracking_uri)
     logger.finish()
     return {"versions": versions, "run_id": logger.run_id}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.common import emit_error, print_config
-from tnn import tracking
+from tnn import registry, tracking
 from tnn.errors import ConfigError, TnnError
 
 JOB = "evaluate"
@@ -125,7 +125,7 @@ def log_evaluation(uri: str, experiment: str, encoders, split: dict, s: dict, n:
     with tempfile.TemporaryDirectory() as tmp:
         logger.artifact(plot_pr(curve, Path(tmp) / "pr_curve.png"), "plots")
     if info["versions"]:
-        tracking.tag_versions(info["name"], info["versions"], {"evaluation_run": logger.run_id},
+        registry.tag_versions(info["name"], info["versions"], {"evaluation_run": logger.run_id},
                               tracking_uri=uri)
     logger.finish()
     return logger.run_id
@@ -153,7 +153,7 @@ def evaluate(model_uri: str, *, split: dict | None = None, data: str | None = No
     (jobs.promote scores champion and challenger on one split). Returns {"scores", "info",
     "split", "clips", "run_id"}."""
     uri = tracking.resolve(tracking_uri, tracking.DEFAULT_LOCAL_DIR)[0]
-    encoders = tracking.load_encoders(model_uri, tracking_uri=uri)
+    encoders = registry.load_encoders(model_uri, tracking_uri=uri)
     split = dict(split or split_of(encoders.info["run_id"], uri))
     split.update({k: v for k, v in (("data", data), ("test_fold", fold)) if v is not None})
     test = held_out(split)

@@ -27,7 +27,7 @@ import sys
 
 from jobs import evaluate
 from jobs.common import emit_error, print_config
-from tnn import tracking
+from tnn import registry, tracking
 from tnn.errors import ConfigError, TnnError
 
 JOB = "promote"
@@ -73,7 +73,7 @@ def best_run(uri: str, experiment: str, metric: str):
                               order_by=[f"metrics.`{metric}` DESC"], max_results=1000)
     for run in (r for r in runs if metric in r.data.metrics):
         try:
-            tracking.logged_encoders(run.info.run_id, tracking_uri=uri)
+            registry.logged_encoders(run.info.run_id, tracking_uri=uri)
             return run
         except ConfigError:
             continue  # e.g. a search's parent run: it only summarises its trials
@@ -87,13 +87,13 @@ def challenger_versions(cfg: PromoteConfig, uri: str, run_id: str) -> dict[str, 
     from mlflow import MlflowClient
     client = MlflowClient(uri, registry_uri=uri)
     for alias in ("challenger", "champion"):
-        versions = tracking.get_alias(cfg.model_name, alias, tracking_uri=uri)
-        if versions and client.get_model_version(tracking.registered_name(
+        versions = registry.get_alias(cfg.model_name, alias, tracking_uri=uri)
+        if versions and client.get_model_version(registry.registered_name(
                 cfg.model_name, "audio"), versions["audio"]).run_id == run_id:
             break
     else:
-        versions = tracking.register_encoders(run_id, cfg.model_name, tracking_uri=uri)
-    tracking.set_alias(cfg.model_name, "challenger", versions, tracking_uri=uri)
+        versions = registry.register_encoders(run_id, cfg.model_name, tracking_uri=uri)
+    registry.set_alias(cfg.model_name, "challenger", versions, tracking_uri=uri)
     return versions
 
 
@@ -110,7 +110,7 @@ def promote(cfg: PromoteConfig, log=print) -> dict:
     run = best_run(uri, cfg.experiment, cfg.metric)
     log(f"{JOB}: best run {run.info.run_id} ({run.info.run_name}): {cfg.metric} "
         f"{run.data.metrics[cfg.metric]:.4f}")
-    champion = tracking.get_alias(cfg.model_name, "champion", tracking_uri=uri)
+    champion = registry.get_alias(cfg.model_name, "champion", tracking_uri=uri)
     new_versions = challenger_versions(cfg, uri, run.info.run_id)
     kw = dict(tracking_uri=uri, limit=cfg.limit, log=log)
     new = evaluate.evaluate(f"models:/{cfg.model_name}@challenger", **kw)
@@ -122,7 +122,7 @@ def promote(cfg: PromoteConfig, log=print) -> dict:
         promoted, why = decide(new["scores"]["map"], old and old["scores"]["map"],
                                cfg.min_improvement)
     if promoted:
-        tracking.set_alias(cfg.model_name, "champion", new_versions, tracking_uri=uri)
+        registry.set_alias(cfg.model_name, "champion", new_versions, tracking_uri=uri)
     return {"promoted": promoted, "reason": why, "run_id": run.info.run_id,
             "challenger": new_versions, "champion_before": champion,
             "challenger_map": new["scores"]["map"], "champion_map": old and old["scores"]["map"],

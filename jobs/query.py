@@ -58,8 +58,8 @@ def embed_queries(x: np.ndarray, modality: str, model_uri: str, tracking_uri: st
                   where: str = "queries") -> tuple[np.ndarray, dict]:
     """Raw features -> unit embeddings with the `modality` encoder of `model_uri`; also the
     encoder's info (for the index's model check)."""
-    from tnn import tracking
-    enc = tracking.load_encoders(model_uri, tracking_uri=tracking_uri)
+    from tnn import registry
+    enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
     model = getattr(enc, modality)
     width = _in_width(model)
     if width is not None and x.shape[1] != width:

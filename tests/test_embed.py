@@ -6,7 +6,7 @@ import pytest
 
 from jobs import embed
 from tnn import embedding_shards as es
-from tnn import tracking
+from tnn import registry
 from tnn.errors import ConfigError, DataError
 from tnn.sources import load_source
 
@@ -36,14 +36,14 @@ def test_config_refusals(fields, message):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def champion(tmp_path_factory):
     """A temp MLflow store holding c-cca (uci-mfeat) as tnn-audio/tnn-visual @champion."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
     return uri, embed.smoke_model(uri)
 
 
-def test_actor_refuses_a_model_that_moved(registry):
-    uri, model = registry
+def test_actor_refuses_a_model_that_moved(champion):
+    uri, model = champion
     stale = {"name": "tnn", "alias": "champion", "versions": {"audio": "0", "visual": "0"},
              "run_id": "old"}
     with pytest.raises(DataError, match=r"^models:/tnn@champion moved while embedding: the "
@@ -56,7 +56,7 @@ def _check_index(uri, source, model, tracking_uri, rows):
     index = es.load_index(uri)
     assert index.model["versions"] == model["versions"]
     assert index.model["run_id"] == model["run_id"] and len(index) == len(rows)
-    enc = tracking.load_encoders(f"runs:/{model['run_id']}", tracking_uri=tracking_uri)
+    enc = registry.load_encoders(f"runs:/{model['run_id']}", tracking_uri=tracking_uri)
     pos = {c: i for i, c in enumerate(source.clip_ids)}
     order = np.array([pos[c] for c in index.clip_ids])
     assert sorted(order.tolist()) == sorted(rows)
@@ -70,9 +70,9 @@ def _check_index(uri, source, model, tracking_uri, rows):
 @pytest.mark.ray
 @pytest.mark.s3
 @pytest.mark.timeout(300)
-def test_embed_job_on_shards_and_in_memory(ray_local, registry, s3_prefix, tmp_path, capsys):
+def test_embed_job_on_shards_and_in_memory(ray_local, champion, s3_prefix, tmp_path, capsys):
     from jobs.make_shards import write
-    uri, model = registry
+    uri, model = champion
     p = load_source("uci-mfeat").subset(np.arange(0, 2000, 4))  # 500 clips
     np.savez(tmp_path / "g.npz", audio=p.audio, visual=p.visual, labels=p.labels,
              clip_ids=p.clip_ids)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE = {"ray": {"data.py", "train_data.py", "train_loop.py", "tune_run.py"},
-        "mlflow": {"tracking.py", "pyfunc_encoder.py"},
+        "mlflow": {"tracking.py", "registry.py", "pyfunc_encoder.py"},
         "torch.distributed": {"distributed.py"}}
 
 

@@ -1,5 +1,4 @@
 """tnn.losses_cca: the batch (cluster-)CCA loss against the closed form and the pair reference."""
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jobs import evaluate, promote
-from tnn import checkpoints, tracking
+from tnn import checkpoints, registry, tracking
 from tnn.metrics import cross_modal_scores
 from tnn.pipelines import CCAConfig, TNNConfig, fit_linear
 
@@ -68,7 +68,7 @@ def run_promote(store, capsys, *args) -> re.Match:
 
 
 def champion(store):
-    return tracking.get_alias("m", "champion", tracking_uri=store)
+    return registry.get_alias("m", "champion", tracking_uri=store)
 
 
 def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsys):
@@ -89,7 +89,7 @@ def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsy
     assert float(m.group(4)) == pytest.approx(worse_map, abs=1e-4)
     assert float(m.group(6)) == pytest.approx(mid_map, abs=1e-4)
     assert champion(store) == {"audio": "1", "visual": "1"}
-    assert tracking.get_alias("m", "challenger", tracking_uri=store) == {"audio": "2",
+    assert registry.get_alias("m", "challenger", tracking_uri=store) == {"audio": "2",
                                                                           "visual": "2"}
 
     # 3. better but not by the required margin: kept; then without the margin: promoted
@@ -102,7 +102,7 @@ def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsy
     m = run_promote(store, capsys, "--min-improvement", "0.05")
     assert m.group(1) == "promoted" and m.group(5) == better
     assert champion(store) == {"audio": "3", "visual": "3"}  # no re-registration of the same run
-    loaded = tracking.load_encoders("models:/m@champion", tracking_uri=store)
+    loaded = registry.load_encoders("models:/m@champion", tracking_uri=store)
     assert loaded.info["run_id"] == better
     fit, _, test = split
     ref = fit_linear(fit, CCAConfig(dim=9), 0.2)
@@ -130,7 +130,7 @@ def test_a_failing_alias_move_leaves_the_champion_pair_whole(store, tmp_path, sp
     exp = "exp-fail"
     make_run(store, tmp_path, split, "first", dim=2, beta=1.0, experiment=exp)
     assert promote.main(["--experiment", exp, "--model-name", "f", "--tracking-uri", store]) == 0
-    before = tracking.get_alias("f", "champion", tracking_uri=store)
+    before = registry.get_alias("f", "champion", tracking_uri=store)
     make_run(store, tmp_path, split, "second", dim=9, beta=0.2, experiment=exp)
     original = MlflowClient.set_registered_model_alias
 
@@ -141,7 +141,7 @@ def test_a_failing_alias_move_leaves_the_champion_pair_whole(store, tmp_path, sp
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail)
     with pytest.raises(RuntimeError):
         promote.main(["--experiment", exp, "--model-name", "f", "--tracking-uri", store])
-    assert tracking.get_alias("f", "champion", tracking_uri=store) == before
+    assert registry.get_alias("f", "champion", tracking_uri=store) == before
 
 
 def test_best_run_is_searched_among_tuning_children(store, tmp_path, split, capsys):

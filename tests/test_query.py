@@ -86,12 +86,12 @@ def test_smoke(capsys):
 def registered_index(tmp_path_factory):
     """uci-mfeat embedded (without Ray) by c-cca registered as tnn@champion in a temp store."""
     from jobs.embed import embed_batch, smoke_model
-    from tnn import tracking
+    from tnn import registry
     from tnn.sources import load_source
     tmp = tmp_path_factory.mktemp("registered")
     uri = f"sqlite:///{tmp}/mlflow.db"
     smoke_model(uri)
-    enc = tracking.load_encoders("models:/tnn@champion", tracking_uri=uri)
+    enc = registry.load_encoders("models:/tnn@champion", tracking_uri=uri)
     p = load_source("uci-mfeat")
     rows = embed_batch({"clip_id": p.clip_ids, "label": p.labels, "audio": p.audio,
                         "visual": p.visual}, enc.audio.predict, enc.visual.predict)

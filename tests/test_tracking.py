@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tnn import tracking
+from tnn import registry, tracking
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_log_checkpoint_puts_plots_files_and_two_encoders_in_the_run(logged):
     assert run.info.status == "RUNNING"  # the job finishes it
     assert {o.model_id for o in run.outputs.model_outputs} == {u[len("models:/"):]
                                                              for u in uris.values()}
-    models = tracking.logged_encoders(logger.run_id, tracking_uri=logged["uri"])
+    models = registry.logged_encoders(logger.run_id, tracking_uri=logged["uri"])
     for modality, model in models.items():
         assert model.experiment_id == run.info.experiment_id  # not the Default experiment
         assert model.artifact_location.startswith(logged["artifacts"])
@@ -165,19 +165,19 @@ def test_using_restores_the_global_tracking_uri(logged, monkeypatch):
 def test_pyfunc_encoders_by_alias_and_by_run_equal_the_encoder(logged):
     import numpy as np
     uri, run_id, uci, enc = logged["uri"], logged["logger"].run_id, logged["uci"], logged["encoder"]
-    v1 = tracking.register_encoders(run_id, "reg", tracking_uri=uri)
-    v2 = tracking.register_encoders(run_id, "reg", tracking_uri=uri)
+    v1 = registry.register_encoders(run_id, "reg", tracking_uri=uri)
+    v2 = registry.register_encoders(run_id, "reg", tracking_uri=uri)
     assert v1 == {"audio": "1", "visual": "1"} and v2 == {"audio": "2", "visual": "2"}
-    assert tracking.get_alias("reg", "champion", tracking_uri=uri) is None
-    tracking.set_alias("reg", "champion", v1, tracking_uri=uri)
-    tracking.set_alias("reg", "challenger", v2, tracking_uri=uri)
-    assert tracking.get_alias("reg", "champion", tracking_uri=uri) == v1
-    loaded = tracking.load_encoders("models:/reg@challenger", tracking_uri=uri)
+    assert registry.get_alias("reg", "champion", tracking_uri=uri) is None
+    registry.set_alias("reg", "champion", v1, tracking_uri=uri)
+    registry.set_alias("reg", "challenger", v2, tracking_uri=uri)
+    assert registry.get_alias("reg", "champion", tracking_uri=uri) == v1
+    loaded = registry.load_encoders("models:/reg@challenger", tracking_uri=uri)
     ids = {m: u[len("models:/"):] for m, u in logged["uris"].items()}
     assert loaded.info == {"model_uri": "models:/reg@challenger", "name": "reg",
                            "alias": "challenger", "versions": v2, "run_id": run_id,
                            "model_ids": ids}
-    by_run = tracking.load_encoders(f"runs:/{run_id}", tracking_uri=uri)
+    by_run = registry.load_encoders(f"runs:/{run_id}", tracking_uri=uri)
     assert by_run.info["run_id"] == run_id and by_run.info["versions"] is None
     for models in (loaded, by_run):
         a, v = models.audio.predict(uci.audio), models.visual.predict(uci.visual)
@@ -196,17 +196,17 @@ def test_load_encoders_refuses_unknown_uris_and_missing_aliases(logged):
     from tnn.errors import ConfigError
     uri = logged["uri"]
     with pytest.raises(ConfigError, match="expected models:/NAME@ALIAS or runs:/RUN_ID"):
-        tracking.load_encoders("s3://b/model", tracking_uri=uri)
-    tracking.register_encoders(logged["logger"].run_id, "noalias", tracking_uri=uri)
+        registry.load_encoders("s3://b/model", tracking_uri=uri)
+    registry.register_encoders(logged["logger"].run_id, "noalias", tracking_uri=uri)
     with pytest.raises(ConfigError, match="no model version has alias 'champion'"):
-        tracking.load_encoders("models:/noalias@champion", tracking_uri=uri)
+        registry.load_encoders("models:/noalias@champion", tracking_uri=uri)
 
 
 def test_set_alias_never_leaves_the_pair_split(logged, monkeypatch):
     from mlflow import MlflowClient
     uri, run_id = logged["uri"], logged["logger"].run_id
-    v1 = tracking.register_encoders(run_id, "pair", tracking_uri=uri)
-    v2 = tracking.register_encoders(run_id, "pair", tracking_uri=uri)
+    v1 = registry.register_encoders(run_id, "pair", tracking_uri=uri)
+    v2 = registry.register_encoders(run_id, "pair", tracking_uri=uri)
     original = MlflowClient.set_registered_model_alias
 
     def fail_on_visual(self, name, alias, version):
@@ -215,19 +215,19 @@ def test_set_alias_never_leaves_the_pair_split(logged, monkeypatch):
         return original(self, name, alias, version)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
     with pytest.raises(RuntimeError, match="went away"):  # no champion before: none after
-        tracking.set_alias("pair", "champion", v1, tracking_uri=uri)
-    assert tracking.get_alias("pair", "champion", tracking_uri=uri) is None
+        registry.set_alias("pair", "champion", v1, tracking_uri=uri)
+    assert registry.get_alias("pair", "champion", tracking_uri=uri) is None
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original)
-    tracking.set_alias("pair", "champion", v1, tracking_uri=uri)
+    registry.set_alias("pair", "champion", v1, tracking_uri=uri)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
     with pytest.raises(RuntimeError):  # a champion before: the audio one is put back
-        tracking.set_alias("pair", "champion", v2, tracking_uri=uri)
-    assert tracking.get_alias("pair", "champion", tracking_uri=uri) == v1
+        registry.set_alias("pair", "champion", v2, tracking_uri=uri)
+    assert registry.get_alias("pair", "champion", tracking_uri=uri) == v1
     # a pair split by hand is reported, not used
     original(MlflowClient(uri), "pair-audio", "champion", v2["audio"])
     from tnn.errors import ConfigError
     with pytest.raises(ConfigError, match="split"):
-        tracking.get_alias("pair", "champion", tracking_uri=uri)
+        registry.get_alias("pair", "champion", tracking_uri=uri)
 
 
 def test_champion_loads_by_alias_without_the_tnn_package(logged):
@@ -236,8 +236,8 @@ def test_champion_loads_by_alias_without_the_tnn_package(logged):
 
     import numpy as np
     uri, tmp, uci, enc = logged["uri"], logged["tmp"], logged["uci"], logged["encoder"]
-    versions = tracking.register_encoders(logged["logger"].run_id, "iso", tracking_uri=uri)
-    tracking.set_alias("iso", "champion", versions, tracking_uri=uri)
+    versions = registry.register_encoders(logged["logger"].run_id, "iso", tracking_uri=uri)
+    registry.set_alias("iso", "champion", versions, tracking_uri=uri)
     work = tmp / "isolated"
     work.mkdir()
     np.save(work / "x_audio.npy", uci.audio[:64])

@@ -11,11 +11,11 @@ import pytest
 from jobs import train
 from jobs.make_shards import write
 from tnn import storage, tracking
+from tnn.checkpoints import load_encoder
 from tnn.data import read_pairs
 from tnn.folds import split
 from tnn.metrics import cross_modal_scores
 from tnn.pipelines import fit_tnn
-from tnn.checkpoints import load_encoder
 from tnn.train_loop import TrainJobConfig
 
 LAST = re.compile(r"train: test fold 0 a->v MAP ([0-9.]+) v->a MAP ([0-9.]+) \(mean ([0-9.]+)\) "

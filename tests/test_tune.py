@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from jobs import tune
-from tnn import tracking
+from tnn import registry, tracking
 from tnn import tune_run as tr
 from tnn import tune_space as ts
 from tnn.errors import ConfigError
@@ -233,5 +233,5 @@ def test_four_trial_search_tracks_parent_and_children(ray_local, tmp_path, capsy
         assert params["mlflow.run_id"] == child.info.run_id
         if row["status"] == "finished":
             assert child.data.metrics["final_val_map"] == pytest.approx(row["val_map"])
-            assert set(tracking.logged_encoders(child.info.run_id, tracking_uri=uri)) == {
+            assert set(registry.logged_encoders(child.info.run_id, tracking_uri=uri)) == {
                 "audio", "visual"}

@@ -39,7 +39,7 @@ MODEL_KEYS = ("model_uri", "name", "alias", "versions", "run_id")
 class IndexManifest:
     """What an index's `_manifest.json` says."""
 
-    model: dict  # MODEL_KEYS: where the embeddings came from (tracking.load_encoders' info)
+    model: dict  # MODEL_KEYS: where the embeddings came from (registry.load_encoders' info)
     audio_dim: int
     visual_dim: int
     shards: tuple[tuple[str, int], ...]

@@ -1,6 +1,6 @@
 """MLflow pyfunc model (models from code) for one exported encoder branch (`tnn.export`).
 
-Logged by `tnn.tracking.log_encoder` with `python_model=<this file>` and the artifact
+Logged by `tnn.registry.log_encoder` with `python_model=<this file>` and the artifact
 `encoder` = a folder holding `program.pt2` (torch.export) and `meta.json`. It imports only
 mlflow, torch and numpy, so `mlflow.pyfunc.load_model("models:/NAME-audio@champion")` works
 where the tnn package is not installed. Input: float32 (N, in_dim) (an array, a list of rows
