@@ -63,7 +63,7 @@ def test_an_outage_past_the_budget_fails_clearly_and_keeps_what_was_written(
     assert make_shards.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"make_shards: error: {s3_prefix}/new: bucket 'tnn-test' is not "
-                          "reachable after 2 attempt(s) (Could not connect"), err
+                          "reachable after 4 attempt(s) (Could not connect"), err
     back.join()  # the store is back
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     with pytest.raises(DataError, match="no _manifest.json"):

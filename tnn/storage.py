@@ -7,9 +7,9 @@ Resolution, first match wins:
     endpoint_url  field > AWS_ENDPOINT_URL_S3 > AWS_ENDPOINT_URL > the AWS default
     region        field > AWS_REGION > AWS_DEFAULT_REGION > the profile's region > us-east-1
     profile       field > AWS_PROFILE
-    retries       field > AWS_MAX_ATTEMPTS > 10 attempts per request, exponential backoff (AWS
-                  "standard" mode in both clients: a ~10 s outage of the store is ridden out;
-                  longer ones fail with the client's error after the budget)
+    retries       field > AWS_MAX_ATTEMPTS > 10 attempts per request with exponential backoff
+                  (pyarrow; boto3, whose backoff is jittered, gets twice as many): a ~10 s
+                  outage of the store is ridden out, longer ones fail after the budget
     credentials   never held here: the standard chain (AWS_ACCESS_KEY_ID/..., shared files,
                   instance metadata); for an explicitly named profile they are resolved once
                   through boto3 and handed to pyarrow, which has no profile argument.
@@ -118,7 +118,9 @@ def s3_client(settings: StorageSettings | None = None):
     from botocore.config import Config
     settings = settings or StorageSettings.from_env()
     session = _session(settings)
-    config = Config(retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+    # boto3 waits random() * 2**n s between attempts (full jitter, at most 20 s), pyarrow 25 ms *
+    # 2**n: with the same count boto3 sometimes gave up within 10 s, so it gets twice the count
+    config = Config(retries={"total_max_attempts": 2 * settings.max_attempts, "mode": "standard"},
                     connect_timeout=settings.connect_timeout,
                     **({"signature_version": UNSIGNED} if settings.anonymous else {}))
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config,
@@ -127,10 +129,8 @@ def s3_client(settings: StorageSettings | None = None):
 
 def s3_filesystem(settings: StorageSettings | None = None):
     """A `pyarrow.fs.S3FileSystem` built from `settings` (default: the environment)."""
-    from pyarrow import fs
     settings = settings or StorageSettings.from_env()
-    kwargs: dict = {"anonymous": settings.anonymous, "connect_timeout": settings.connect_timeout,
-                    "retry_strategy": fs.AwsStandardS3RetryStrategy(settings.max_attempts)}
+    kwargs: dict = {"anonymous": settings.anonymous, "connect_timeout": settings.connect_timeout}
     session = _session(settings) if settings.profile else None
     kwargs["region"] = _region(settings, session)
     if settings.endpoint_url:
@@ -142,7 +142,20 @@ def s3_filesystem(settings: StorageSettings | None = None):
             frozen = creds.get_frozen_credentials()
             kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
                           session_token=frozen.token)
-    return fs.S3FileSystem(**kwargs)
+    return _s3(settings.max_attempts, kwargs)
+
+
+def _s3(attempts: int, kwargs: dict):
+    """`S3FileSystem(retry_strategy=AwsStandardS3RetryStrategy(attempts), **kwargs)` that keeps
+    its retry budget when pickled (pyarrow's own pickle drops `retry_strategy`, so a copy sent
+    to Ray Train's controller and workers, which upload the checkpoints, retried 3 times)."""
+    from pyarrow import fs
+
+    class S3FileSystem(fs.S3FileSystem):
+        def __reduce__(self):
+            return _s3, (attempts, kwargs)
+
+    return S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(attempts), **kwargs)
 
 
 def filesystem(uri: str, settings: StorageSettings | None = None):
