@@ -28,8 +28,8 @@ from jobs.common import emit_error, print_config
 from tnn import methods as registry
 from tnn import storage
 from tnn.config import load
-from tnn.errors import TnnError
-from tnn.folds import assign_folds, split
+from tnn.errors import ConfigError, TnnError
+from tnn.folds import assign_folds, check_trainable, split
 from tnn.metrics import cross_modal_scores
 from tnn.pipelines import cca_dim
 from tnn.sources import Pairs, load_source
@@ -81,6 +81,23 @@ def build_config(args) -> CrossvalConfig:
     for name in cfg.methods:
         registry.get(name)
     return cfg
+
+
+def check_dims(cfg: CrossvalConfig, pairs: Pairs) -> None:
+    """Refuse, before anything is fitted, a CCA dimension that no linear (cluster-)CCA has:
+    above the narrower view's width, or with beta = 0 (class means only) above classes - 1."""
+    narrow = min(pairs.audio.shape[1], pairs.visual.shape[1])
+    for name, key in (("cca", "cca"), ("c-cca", "cca"), ("tnn-c-cca", "tnn_c_cca.cca")):
+        cca = cfg.settings.cca if key == "cca" else cfg.settings.tnn_c_cca.cca
+        if name not in cfg.methods or cca.dim is None:
+            continue
+        limit, why = narrow, f"the narrower view has {narrow} features"
+        top = pairs.num_classes - 1
+        if name != "cca" and cca.beta == 0 and top < limit:
+            limit, why = top, f"with beta=0 cluster-CCA spans at most classes - 1 = {top} directions"
+        if cca.dim > limit:
+            raise ConfigError(f"settings.{key}.dim={cca.dim} is impossible for {name} on "
+                              f"{pairs.name}: {why}")
 
 
 def fold_ids(pairs: Pairs, k: int, seed: int) -> np.ndarray:
@@ -141,6 +158,8 @@ def main(argv=None) -> int:
         cfg = build_config(parse_args(argv))
         print_config("crossval", cfg)
         pairs = load_source(cfg.data)
+        check_trainable(pairs.labels, pairs.clip_ids, pairs.class_names, pairs.name)
+        check_dims(cfg, pairs)
         folds = fold_ids(pairs, cfg.folds, cfg.seed)
         print(f"data {pairs.name}: {pairs.n} clips, audio {pairs.audio.shape[1]}-d, visual "
               f"{pairs.visual.shape[1]}-d, {pairs.num_classes} classes, {cfg.folds} folds", flush=True)

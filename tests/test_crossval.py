@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from jobs import crossval
 
@@ -49,7 +48,7 @@ def test_npz_source_and_errors(tmp_path, capsys):
     assert crossval.main(["--methods", "cca,foo"]) == 2
     assert "unknown method 'foo'" in capsys.readouterr().err
     assert crossval.main(["--methods", "c-cca", "--dim", "80"]) == 2
-    assert "k=80" in capsys.readouterr().err
+    assert "settings.cca.dim=80 is impossible for c-cca" in capsys.readouterr().err
     assert crossval.main(["--data", f"npz:{tmp_path / 'none.npz'}"]) == 2
     assert "npz file not found" in capsys.readouterr().err
     assert crossval.main(["--set", "settings.cca.ridge=abc"]) == 2

@@ -11,3 +11,7 @@ class DataError(TnnError, ValueError):
 
 class ConfigError(TnnError, ValueError):
     """A configuration value is unknown, of the wrong type, or impossible for the data."""
+
+
+class NumericalError(TnnError, ArithmeticError):
+    """Training diverged: a loss, an output or a parameter became NaN or inf."""

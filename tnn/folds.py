@@ -29,6 +29,20 @@ def assign_folds(labels: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
     return folds
 
 
+def check_trainable(labels: np.ndarray, clip_ids: np.ndarray, class_names, name: str) -> None:
+    """Refuse a data set to be trained and cross-validated on when a class has a single clip:
+    it can never be a positive for another clip (its class has no other member in any fold),
+    and cluster-CCA's class mean of one clip is that clip. Galleries to be embedded may hold
+    singletons; this check belongs to training, not to the shard writer."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    single = np.flatnonzero(counts == 1)
+    if single.size:
+        c = int(single[0])
+        clip = str(clip_ids[np.flatnonzero(labels == c)[0]])
+        raise DataError(f"{name}: class {str(class_names[c])!r} has a single clip ({clip!r}); "
+                        "training needs at least 2 clips per class: add clips or drop the class")
+
+
 def split(folds: np.ndarray, test_fold: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_index, test_index) for one fold as the test set."""
     test = folds == test_fold

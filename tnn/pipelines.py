@@ -23,7 +23,7 @@ from torch import nn
 
 from tnn.cca import CCAStats, fit_cca, standardized_stats
 from tnn.encoder import Affine, Encoder, Ensemble, standardizer
-from tnn.errors import ConfigError
+from tnn.errors import ConfigError, NumericalError
 from tnn.folds import validation_split
 from tnn.losses import combined_loss
 from tnn.metrics import cross_modal_scores
@@ -239,7 +239,8 @@ def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
     gen = torch.Generator().manual_seed(t.seed)
     history, best, best_state = [], -np.inf, copy.deepcopy(net.state_dict())
     for epoch in range(1, t.epochs + 1):
-        start, terms = time.perf_counter(), run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs)
+        start = time.perf_counter()
+        terms = run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs, epoch=epoch)
         val_map = validation_map(encoder, val)
         history.append({"epoch": epoch, "val_map": val_map,
                         "samples_per_s": len(labels) / (time.perf_counter() - start), **terms})
@@ -253,8 +254,9 @@ def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
     return history
 
 
-def run_epoch(net, opt, xa, xv, labels, batch_size, gen, kwargs) -> dict:
-    """One pass over shuffled batches (the last partial batch is dropped when there are others)."""
+def run_epoch(net, opt, xa, xv, labels, batch_size, gen, kwargs, epoch: int = 0) -> dict:
+    """One pass over shuffled batches (the last partial batch is dropped when there are others).
+    `epoch` only names where training diverged (`check_finite`)."""
     net.train()
     perm = torch.randperm(len(labels), generator=gen)
     n_batches = max(1, len(perm) // batch_size)
@@ -262,10 +264,23 @@ def run_epoch(net, opt, xa, xv, labels, batch_size, gen, kwargs) -> dict:
     for b in range(n_batches):
         idx = perm[b * batch_size:(b + 1) * batch_size]
         out = net(xa[idx], xv[idx])
+        check_finite(epoch, b + 1, **out)
         terms = combined_loss(out["audio_emb"], out["visual_emb"], labels[idx], **kwargs)
+        check_finite(epoch, b + 1, loss=terms["total"])
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
         for key in ("total", "triplet", "cca"):
             sums[key] = sums.get(key, 0.0) + float(terms[key].detach()) / n_batches
+    check_finite(epoch, n_batches, **dict(net.named_parameters()))
     return sums
+
+
+def check_finite(epoch: int, step: int, **tensors: torch.Tensor) -> None:
+    """Stop a diverged run before it takes another step (or writes another checkpoint): raise
+    `NumericalError` naming the epoch, the step (1-based within the epoch) and the first
+    tensor with NaN or inf values."""
+    for name, x in tensors.items():
+        if not bool(torch.isfinite(x.detach()).all()):
+            raise NumericalError(f"training diverged at epoch {epoch}, step {step}: {name} has "
+                                 "NaN or inf values (a lower tnn.train.lr may help)")

@@ -206,7 +206,7 @@ def open_shard(fs, path: str, where: str, whole: bool = False):
             return pq.ParquetFile(pa.BufferReader(f.read_buffer()))
     except FileNotFoundError:
         raise DataError(f"{where}: listed in the manifest but missing") from None
-    except OSError as err:
+    except (OSError, pa.ArrowException) as err:  # ArrowInvalid (a corrupt footer) is no OSError
         raise DataError(f"{where}: not a readable Parquet file ({err})") from None
 
 

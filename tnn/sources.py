@@ -185,7 +185,7 @@ def load_source(spec: str) -> Pairs:
         from tnn.vegas import from_clip_dir
         return from_clip_dir(arg)
     if kind == "synthetic":
-        from tnn.synthetic import synthetic, parse_spec
+        from tnn.synthetic import parse_spec, synthetic
         return synthetic(**parse_spec(arg))
     if is_shard_uri(spec):
         from tnn.data import read_pairs  # the ray.data edge module, imported only here

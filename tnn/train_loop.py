@@ -55,7 +55,7 @@ from tnn.config import from_dict, to_dict
 from tnn.encoder import Encoder
 from tnn.errors import ConfigError
 from tnn.metrics import cross_modal_scores
-from tnn.pipelines import build_net, loss_kwargs, net_out_dim
+from tnn.pipelines import build_net, check_finite, loss_kwargs, net_out_dim
 from tnn.run_state import (  # noqa: F401 (re-exported)
     new_state,
     read_run_info,
@@ -155,7 +155,9 @@ def _start(config: dict) -> _Run:
 
 def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, device,
                 rows_seen=None) -> dict:
-    """One pass over this rank's shard through the global-batch loss; mean terms, samples/s."""
+    """One pass over this rank's shard through the global-batch loss; mean terms, samples/s.
+    `seed`: (train seed, epoch, rank). A NaN or inf output, loss or parameter stops the run
+    (`check_finite`) before the epoch's checkpoint, so the last checkpoint stays a good one."""
     model.train()
     sums, steps, start = {}, 0, time.perf_counter()
     for batch in shard.iter_torch_batches(
@@ -163,8 +165,10 @@ def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, de
             local_shuffle_buffer_size=shuffle_buffer or None,
             local_shuffle_seed=_seed(*seed) if shuffle_buffer else None):
         out = model(batch["audio"], batch["visual"])
+        check_finite(seed[1], steps + 1, **out)
         terms = tdist.global_batch_loss(out["audio_emb"], out["visual_emb"],
                                         batch["label"].long(), rows=local_batch, **kwargs)
+        check_finite(seed[1], steps + 1, loss=terms["total"])
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -173,6 +177,7 @@ def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, de
             sums[key] = sums.get(key, 0.0) + float(terms[key].detach())
         if rows_seen is not None and "row" in batch:
             rows_seen.append(batch["row"].cpu().numpy())
+    check_finite(seed[1], steps, **dict(model.named_parameters()))  # before a checkpoint
     seconds = time.perf_counter() - start
     return {**{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
             "train_s": seconds, "samples_per_s": steps * local_batch * tdist.world_size() / seconds}

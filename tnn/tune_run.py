@@ -108,17 +108,24 @@ def run_trial(params: dict, job: dict, parent: dict | None) -> None:
 @contextmanager
 def trial_env(values: dict[str, str]):
     """Environment variables for the trial actors' runtime env (Tune propagates the driver's
-    values of the names in its class cache's list), set in the driver meanwhile; restored after."""
+    values of the names in its class cache's list), set in the driver meanwhile; restored after.
+    AWS credentials are taken off that list meanwhile: Ray logs every runtime env in plain text
+    (runtime_env_agent.log) and shows it in the dashboard. Trial actors get credentials as any
+    Ray worker does (a local Ray's from the driver's environment, a cluster's from its nodes)."""
     from ray.tune.execution import class_cache
     names = class_cache.ENV_VARS_TO_PROPAGATE
     saved = {k: os.environ.get(k) for k in values}
     added = set(values) - names
+    held = names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                    "AWS_SECURITY_TOKEN"}
     os.environ.update(values)
     names.update(added)
+    names.difference_update(held)
     try:
         yield
     finally:
         names.difference_update(added)
+        names.update(held)
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
