@@ -20,8 +20,11 @@ float32 numpy batches with each reader, alternating their order in every repeat:
     tnn cached epoch    an epoch of dataset(cache=True) after materializing (object store)
 
 Throughput counts decoded numeric payload (4 * (128 + 1024) + 4 bytes per row); each reader's
-best repeat is reported. Target: the tnn dataset >= 0.8x the fastest pyarrow reader. Prints
-a table, then one JSON line.
+best repeat is reported. Target: the tnn dataset >= 0.8x the fastest pyarrow reader. The CPU
+seconds of the whole process tree (this process, Ray's processes, the moto server) are read
+from /proc around every run: on a shared 2-core machine wall time swings with other jobs,
+CPU per row much less, and the CPU is what the readers compete for. Prints a table, then one
+JSON line.
 """
 
 from __future__ import annotations
@@ -150,17 +153,38 @@ def readers(uri: str, args) -> tuple[dict, float]:
     }, setup
 
 
+def tree_cpu_s() -> float:
+    """User + system CPU seconds of this process and all its descendants, with those of
+    exited and reaped children (Ray ends idle workers) (Linux /proc; else this process)."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    try:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                procs[int(pid)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick)
+    except OSError:
+        return time.process_time()
+    tree, grew = {os.getpid()}, True
+    while grew:
+        new = {pid for pid, (ppid, _) in procs.items() if ppid in tree} - tree
+        tree, grew = tree | new, bool(new)
+    return sum(procs[pid][1] for pid in tree if pid in procs)
+
+
 def measure(uri: str, args) -> dict:
     runs: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     table, setup = readers(uri, args)
     print(f"tnn.data.dataset: {setup:.2f} s of driver-side checks (manifest + every footer)")
     for rep in range(args.repeats):
         for name in (list(table) if rep % 2 == 0 else list(table)[::-1]):
-            start = time.perf_counter()
+            cpu0, start = tree_cpu_s(), time.perf_counter()
             rows = table[name]()
             runs.setdefault(name, []).append(rows / (time.perf_counter() - start))
+            cpu.setdefault(name, []).append(tree_cpu_s() - cpu0)
             assert rows == args.rows, (name, rows)
-    return {"runs": runs, "setup_s": setup}
+    return {"runs": runs, "cpu_s": cpu, "setup_s": setup}
 
 
 def report(measured: dict, args, row_bytes: int) -> dict:
@@ -168,21 +192,25 @@ def report(measured: dict, args, row_bytes: int) -> dict:
     best = {name: max(r) for name, r in runs.items()}
     base_name = max((n for n in best if n.startswith("pyarrow")), key=best.get)
     base = best[base_name]
-    print(f"{'reader':18s} {'rows/s':>10s} {'MB/s':>8s} {'vs pyarrow':>11s}   runs (rows/s)")
+    cpu = {name: min(c) for name, c in measured["cpu_s"].items()}  # least disturbed run
+    print(f"{'reader':18s} {'rows/s':>10s} {'MB/s':>8s} {'vs pyarrow':>11s} {'CPU s':>6s}   "
+          "runs (rows/s)")
     for name, r in runs.items():
         print(f"{name:18s} {best[name]:10.0f} {best[name] * row_bytes / 1e6:8.1f} "
-              f"{best[name] / base:10.2f}x   {', '.join(f'{x:.0f}' for x in r)}")
+              f"{best[name] / base:10.2f}x {cpu[name]:6.2f}   {', '.join(f'{x:.0f}' for x in r)}")
     ratio, bare = best["tnn dataset"] / base, best["tnn unchecked"] / base
     paired = float(np.median([t / max(runs[n][r] for n in runs if n.startswith("pyarrow"))
                               for r, t in enumerate(runs["tnn dataset"])]))
     print(f"ingest: Ray Data (tnn dataset) {ratio:.2f}x the best pyarrow direct reader "
           f"({base_name}), {bare:.2f}x with check=None like pyarrow (best of {args.repeats}; "
           f"median of per-repeat ratios {paired:.2f}; target >= 0.8x); {args.rows} rows x "
-          f"{row_bytes} B")
+          f"{row_bytes} B; CPU s per epoch (all processes): tnn {cpu['tnn dataset']:.2f}, "
+          f"{base_name} {cpu[base_name]:.2f}")
     return {"rows": args.rows, "rows_per_shard": args.rows_per_shard, "repeats": args.repeats,
             "batch_size": args.batch_size, "num_cpus": args.num_cpus, "row_bytes": row_bytes,
             "rows_per_s": best, "mb_per_s": {k: v * row_bytes / 1e6 for k, v in best.items()},
-            "runs": runs, "tnn_setup_s": measured["setup_s"], "pyarrow_baseline": base_name,
+            "runs": runs, "cpu_s": measured["cpu_s"], "tnn_setup_s": measured["setup_s"],
+            "pyarrow_baseline": base_name,
             "ratio_tnn_vs_pyarrow": ratio, "ratio_tnn_unchecked_vs_pyarrow": bare,
             "ratio_tnn_vs_pyarrow_paired_median": paired,
             "ratio_read_parquet_vs_pyarrow": best["ray read_parquet"] / base}

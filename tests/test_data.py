@@ -1,5 +1,7 @@
 """Reading shards: the Ray Dataset reader on the S3 server, and its plain batch functions."""
 
+import zlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,7 +123,9 @@ def test_shard_tables_filter_and_shuffle_without_ray(tmp_path):
     plain = run(columns=("clip_id", "audio", "fold"))
     assert pf.num_row_groups == 2 and plain["audio"].shape == (5000, 4)
     assert np.array_equal(plain["audio"], shards.matrix(pf.read()["audio"]))
-    table = next(data.shard_tables(pf, man, "x", ("visual", "label")))
+    tables = list(data.shard_tables(pf, man, "x", ("visual", "label")))
+    table = tables[0]  # one table, single-chunk columns: Ray slices it into batches, no copy
+    assert len(tables) == 1 and all(c.num_chunks == 1 for c in table.columns)
     assert str(table.schema.field("visual").type).startswith("extension<arrow.fixed_shape_tensor")
     sub = run(columns=("clip_id",), keep_folds=frozenset({1, 2}))
     assert set(sub) == {"clip_id"} and sorted(sub["clip_id"]) == sorted(
@@ -130,6 +134,25 @@ def test_shard_tables_filter_and_shuffle_without_ray(tmp_path):
     assert list(s1["clip_id"]) == list(run(columns=("clip_id",), seed=3)["clip_id"])
     assert list(s1["clip_id"]) != list(s2["clip_id"]) != list(plain["clip_id"])
     assert sorted(s1["clip_id"]) == sorted(plain["clip_id"])
+    # reference: row groups in a seeded order, the kept rows of each permuted
+    rng = np.random.default_rng([3, zlib.crc32(b"part-00000.parquet")])
+    keep, order = np.isin(plain["fold"], [0, 3]), []
+    row0s = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(2)])
+    for g in rng.permutation(2):
+        rows = np.arange(row0s[g], row0s[g + 1])
+        rows = rows[keep[rows]]
+        order.extend(rows[rng.permutation(len(rows))])
+    mixed = run(columns=("clip_id", "fold"), seed=3, keep_folds=frozenset({0, 3}))
+    assert list(mixed["clip_id"]) == list(plain["clip_id"][order])
+
+
+def test_ray_data_sees_its_cpus_quickly():
+    """Ray Data reads its resource limits one RPC late and refreshes them every second; until
+    then it runs one read task at a time. `dataset` shortens the refresh; if a Ray upgrade
+    moves the setting, this fails (and the epoch-start serialisation is back)."""
+    from ray.data._internal.execution.resource_manager import ResourceManager
+    assert data.refresh_limits_often()
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= data.LIMITS_REFRESH_S
 
 
 def test_as_arrays_and_fold_filter():

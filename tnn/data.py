@@ -2,12 +2,13 @@
 
 `dataset(uri, ...)` reads a shard set (see `tnn.shards`) through a small custom datasource:
 one read task per shard fetches the object in one GET (object stores serve one large read
-far better than many ranged ones), decodes it on one thread and emits one Arrow table per
-row group whose `audio`/`visual` are `fixed_shape_tensor` columns over the decoded buffers
-(no copy). So vectors arrive as (B, D) float32 ndarrays, not object arrays of rows, and
-`iter_torch_batches` works once the string `clip_id` is projected away. Read tasks check
-their shard's schema (and by default its values) against the manifest, so bad data fails
-naming the shard and column. Why this shape, and the measured gain: `bench/ingest.py`.
+far better than many ranged ones), decodes it on one thread and emits it as one Arrow table
+(single-chunk columns, so Ray's batcher slices it without copying) whose `audio`/`visual`
+are `fixed_shape_tensor` columns over the decoded buffers (no copy). So vectors arrive as
+(B, D) float32 ndarrays, not object arrays of rows, and `iter_torch_batches` works once the
+string `clip_id` is projected away. Read tasks check their shard's schema (and by default
+its values) against the manifest, so bad data fails naming the shard and column. Why this
+shape, and the measured gain: `bench/ingest.py`, `refresh_limits_often`.
 
 `read_pairs(uri)` is the full in-memory load (pyarrow, threads, no Ray) behind
 `load_source("s3://...")`. The transforms (`shard_tables`, `as_arrays`) are plain functions
@@ -29,6 +30,7 @@ from tnn.sources import Pairs, make_pairs
 
 NUMERIC = ("label", "audio", "visual", "fold")
 CHECKS = (None, "manifest", "schema", "deep")
+LIMITS_REFRESH_S = 0.1  # see `refresh_limits_often`
 
 
 def read_pairs(uri: str, settings=None) -> Pairs:
@@ -78,31 +80,39 @@ def fold_filter(man: shards.Manifest, folds=None, exclude_folds=None) -> frozens
 def shard_tables(pf, man: shards.Manifest, where: str, columns: tuple[str, ...],
                  keep_folds: frozenset | None = None, seed: int | None = None,
                  check_values: bool = True) -> Iterator:
-    """One shard's rows as Arrow tables (one per row group): values checked (unless
-    `check_values` is False), fold-filtered, projected to `columns`, vectors as tensor
-    columns (`tensor_columns`).
+    """One shard's rows as one Arrow table: values checked (unless `check_values` is
+    False), fold-filtered, projected to `columns`, vectors as tensor columns
+    (`tensor_columns`).
+
+    The shard is decoded in one call, so every column is a single chunk: Ray's batcher
+    copies a whole multi-chunk block (`try_combine_chunked_columns`) before slicing the
+    first batch out of it, which cost the driver a copy of every block when this yielded
+    one table per row group (measured: `bench/ingest.py`).
 
     With `seed`, row groups and the rows inside each are permuted by
-    `default_rng([seed, crc32 of the shard file name])` (a local, reproducible shuffle).
+    `default_rng([seed, crc32 of the shard file name])` (a local, reproducible shuffle),
+    gathered in one `take`.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
     read = sorted(set(columns) | ({"fold"} if keep_folds is not None else set()),
                   key=shards.COLUMNS.index)
-    rng = None if seed is None else np.random.default_rng(
-        [seed, zlib.crc32(where.rsplit("/", 1)[-1].encode())])
-    groups = np.arange(pf.num_row_groups)
-    row0s = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in groups])
-    for g in (groups if rng is None else rng.permutation(groups)):
-        table = pf.read_row_group(int(g), columns=read, use_threads=False)  # 1 CPU per task
-        if check_values:
-            shards.check_values(table, man, where, int(row0s[g]))
-        if keep_folds is not None:
-            table = table.filter(pc.is_in(table["fold"], pa.array(sorted(keep_folds), pa.int8())))
-        if rng is not None:
-            table = table.take(rng.permutation(table.num_rows))
-        if table.num_rows:
-            yield tensor_columns(table.select(list(columns)))
+    table = pf.read(columns=read, use_threads=False)  # 1 CPU per read task
+    if check_values:
+        shards.check_values(table, man, where)
+    keep = None if keep_folds is None else np.isin(table["fold"].to_numpy(), sorted(keep_folds))
+    if seed is not None:
+        rng = np.random.default_rng([seed, zlib.crc32(where.rsplit("/", 1)[-1].encode())])
+        row0s = np.cumsum([0] + [pf.metadata.row_group(g).num_rows
+                                 for g in range(pf.num_row_groups)])
+        parts = []
+        for g in rng.permutation(pf.num_row_groups):
+            rows = np.arange(row0s[g], row0s[g + 1])
+            rows = rows if keep is None else rows[keep[rows]]
+            parts.append(rows[rng.permutation(len(rows))])
+        table = table.take(np.concatenate(parts)) if parts else table.slice(0, 0)
+    elif keep is not None:
+        table = table.filter(keep)
+    if table.num_rows:
+        yield tensor_columns(table.select(list(columns)))
 
 
 def tensor_columns(table):
@@ -167,6 +177,7 @@ def _datasource(uri, man, settings, columns, keep_folds, seed, values):
             return man.rows * _row_bytes(man, columns)
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            refresh_limits_often()  # runs where the plan executes (driver, split coordinator)
             order = list(man.shards)
             if seed is not None:
                 order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
@@ -180,6 +191,30 @@ def _datasource(uri, man, settings, columns, keep_folds, seed, values):
                     for name, rows in order]
 
     return ShardDatasource()
+
+
+def refresh_limits_often(seconds: float = LIMITS_REFRESH_S) -> bool:
+    """Let Ray Data see the cluster's CPUs within `seconds` of starting an execution.
+
+    Ray Data (2.60) asks its autoscaling coordinator actor for the resources it may use and
+    reads the answer back only when it next refreshes its limits, one second later
+    (`ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S`). Until then the limits are zero and
+    the executor runs one read task at a time (its liveness rule), so every epoch starts
+    with a second of serial reads: on 2 CPUs most of a 100k-row epoch, and the larger part
+    of the gap to pyarrow (`bench/ingest.py`). A shorter interval only makes the executor
+    notice its budget sooner; budgets and backpressure are unchanged. Returns whether the
+    setting was found (a later Ray may move it; then this does nothing).
+    """
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:
+        return False
+    current = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)
+    if not isinstance(current, (int, float)):
+        return False
+    if current > seconds:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = seconds
+    return True
 
 
 def _row_bytes(man: shards.Manifest, columns) -> int:
