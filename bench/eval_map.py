@@ -3,9 +3,9 @@
     python -m bench.eval_map [--n 100000 --dim 10 --classes 10 --subset 500] [--smoke]
 
 Synthetic pairs: audio = class centre + noise, visual = class centre + noise (float32), so MAP is
-neither 0 nor 1. Measures `tnn.metrics.cross_modal_scores` on all n x n pairs in both directions
+neither 0 nor 1. Measures `tnn.core.metrics.cross_modal_scores` on all n x n pairs in both directions
 (wall time, peak RSS), then, on `subset` audio queries with the same float32 similarity rows,
-`sklearn.metrics.average_precision_score` query by query against `tnn.metrics.average_precision`
+`sklearn.metrics.average_precision_score` query by query against `tnn.core.metrics.average_precision`
 (all threads and one thread) side by side; the two must agree to 1e-9. Prints a table, then one
 JSON line. Targets: speed-up >= 20x and peak RSS < 4 GiB at n = 100000.
 """
@@ -22,7 +22,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from tnn import metrics
+from tnn.core import metrics
 
 
 def parse(argv) -> argparse.Namespace:
@@ -79,7 +79,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def subset_run(audio, visual, labels, subset, seed) -> dict:
-    """Same queries, same float32 similarity rows: sklearn loop vs tnn.metrics."""
+    """Same queries, same float32 similarity rows: sklearn loop vs tnn.core.metrics."""
     idx = np.random.default_rng(seed + 1).choice(len(labels), subset, replace=False)
     sim = unit(audio[idx]) @ unit(visual).T
     ours, t_ours, _ = timed(lambda: metrics.average_precision(sim, labels[idx], labels))
@@ -88,7 +88,7 @@ def subset_run(audio, visual, labels, subset, seed) -> dict:
     ref, t_sk, c_sk = timed(lambda: np.array([average_precision_score(labels == labels[i], row)
                                               for i, row in zip(idx, sim)]))
     max_diff = float(max(np.abs(ours - ref).max(), np.abs(ours_1 - ref).max()))
-    assert max_diff <= 1e-9, f"tnn.metrics and sklearn disagree by {max_diff:.3g} on the subset"
+    assert max_diff <= 1e-9, f"tnn.core.metrics and sklearn disagree by {max_diff:.3g} on the subset"
     return {"subset_queries": subset, "sklearn_ms_per_query": 1e3 * t_sk / subset,
             "tnn_ms_per_query": 1e3 * t_ours / subset, "tnn_1thread_ms_per_query":
             1e3 * t_ours_1 / subset, "speedup": t_sk / t_ours, "speedup_1thread": t_sk / t_ours_1,

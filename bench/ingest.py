@@ -13,7 +13,7 @@ float32 numpy batches with each reader, alternating their order in every repeat:
     pyarrow whole       one GET per shard, then decode on one thread, sequential
     pyarrow whole x2    the same on 2 threads (shards in parallel)
     ray read_parquet    ray.data.read_parquet + iter_batches: untuned, lists as object arrays
-    tnn dataset         an epoch of tnn.data.dataset + iter_numpy (one GET per shard, tensor
+    tnn dataset         an epoch of tnn.ray.dataset.dataset + iter_numpy (one GET per shard, tensor
                         columns, every shard's schema and values checked in the read task);
                         the driver-side checks of `dataset()` are timed once, separately
     tnn unchecked       the same with check=None: no value checks, like the pyarrow readers
@@ -44,7 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tnn import data, shards, storage
+from tnn.ray import dataset as data
+from tnn.data import shards
+from tnn.data import storage
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -128,7 +130,7 @@ def raw_get(uri: str) -> int:
 
 
 def readers(uri: str, args) -> tuple[dict, float]:
-    """The readers to time, and the seconds `tnn.data.dataset` spent on driver-side checks."""
+    """The readers to time, and the seconds `tnn.ray.dataset.dataset` spent on driver-side checks."""
     import ray.data
     man = shards.read_manifest(uri)
     cols, bs = ["label", "audio", "visual"], args.batch_size
@@ -176,7 +178,7 @@ def measure(uri: str, args) -> dict:
     runs: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     table, setup = readers(uri, args)
-    print(f"tnn.data.dataset: {setup:.2f} s of driver-side checks (manifest + every footer)")
+    print(f"tnn.ray.dataset.dataset: {setup:.2f} s of driver-side checks (manifest + every footer)")
     for rep in range(args.repeats):
         for name in (list(table) if rep % 2 == 0 else list(table)[::-1]):
             cpu0, start = tree_cpu_s(), time.perf_counter()

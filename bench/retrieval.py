@@ -15,7 +15,7 @@
    whole job and over its streaming part (the job's own last line). `--also-rows` embeds
    other gallery sizes first: memory against gallery size.
 3. Loads the index and embeds held-out audio clips as queries (-> visual_emb). Exact search
-   (`tnn.retrieval.exact_search`) is compared with a brute-force numpy reference (one full
+   (`tnn.serve.search.exact_search`) is compared with a brute-force numpy reference (one full
    matrix product, stable argsort) on `--ref-queries`; then exact search and the IVF index at
    each `--nprobe` run alternately, `--repeats` times (best time kept): recall@k vs exact and
    the speed-up. Prints a table, then one JSON line.
@@ -35,7 +35,8 @@ import time
 
 import numpy as np
 
-from tnn import embedding_shards, retrieval
+from tnn.serve import index as embedding_shards
+from tnn.serve import search as retrieval
 
 
 def parse(argv) -> argparse.Namespace:
@@ -202,8 +203,8 @@ def report(out: dict) -> None:
 
 
 def queries_for(model: dict, n: int, tracking_uri: str) -> np.ndarray:
-    from tnn import registry
-    from tnn.synthetic import synthetic
+    from tnn.tracking import registry
+    from tnn.data.synthetic import synthetic
     enc = registry.load_encoders(f"runs:/{model['run_id']}", tracking_uri=tracking_uri)
     return enc.audio.predict(synthetic(n=n, seed=2).audio)
 
@@ -228,7 +229,7 @@ def embed_once(rows: int, tracking_uri: str, args) -> tuple[dict, str]:
 def run_all(args, tmp: str) -> dict:
     from bench.ingest import moto_server
     from jobs.embed import smoke_model
-    from tnn import storage
+    from tnn.data import storage
     out: dict = {"rows": args.rows}
     with moto_server():
         storage.s3_client().create_bucket(Bucket="bench")

@@ -7,8 +7,8 @@ Same data (synthetic VEGAS-shaped: 128-d audio, 1024-d visual, 10 classes), same
 (tnn-e2e: wide_bn branches, triplet + cluster-CCA loss, global batch 256), measured side by
 side in one run, torch at 1 thread per process:
 
-    plain       `tnn.pipelines.run_epoch` on in-memory tensors (the `fit_tnn` path)
-    ray 1 / 2   `tnn.train_loop.fit`: Ray Data shards (materialised), DDP, the global-batch
+    plain       `tnn.methods.tnn.run_epoch` on in-memory tensors (the `fit_tnn` path)
+    ray 1 / 2   `tnn.ray.train_loop.fit`: Ray Data shards (materialised), DDP, the global-batch
                 loss, validation and a checkpoint every epoch; `--cpus-per-worker` each
 
 Throughput is global training samples/s inside the epoch (best epoch after the first); the
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from tnn.methods import _e2e_default
-from tnn.pipelines import build_net, input_maps, loss_kwargs, run_epoch
+from tnn.methods.tnn import build_net, input_maps, loss_kwargs, run_epoch
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -61,7 +61,7 @@ def parse(argv):
 
 
 def job_config(args, workers: int, **changes):
-    from tnn.train_config import MLflowConfig, TrainJobConfig
+    from tnn.train.config import MLflowConfig, TrainJobConfig
     tnn = _e2e_default()
     tnn = dataclasses.replace(tnn, train=dataclasses.replace(tnn.train, epochs=args.epochs,
                                                              patience=args.epochs))
@@ -73,7 +73,7 @@ def job_config(args, workers: int, **changes):
 
 def plain(args) -> dict:
     """`run_epoch` as `fit_tnn` runs it, on the same split and input stage."""
-    from tnn.train_data import split_in_memory
+    from tnn.ray.prepare import split_in_memory
     cfg = job_config(args, 1)
     fit, _, _ = split_in_memory(cfg)
     a_in, v_in = input_maps(fit, cfg.tnn.cca, project=False)
@@ -92,9 +92,9 @@ def plain(args) -> dict:
 
 
 def ray_train(args, workers: int, **changes) -> dict:
-    from tnn.checkpoints import load_state
-    from tnn.train_data import prepare
-    from tnn.train_loop import fit
+    from tnn.train.checkpoints import load_state
+    from tnn.ray.prepare import prepare
+    from tnn.ray.train_loop import fit
     cfg = job_config(args, workers, **changes)
     result = fit(cfg, prepare(cfg, log=lambda s: None))
     with result.checkpoint.as_directory() as d:
@@ -108,8 +108,8 @@ def phase_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from tnn import distributed as tdist
-    from tnn.losses import combined_loss
+    from tnn.train import distributed as tdist
+    from tnn.core.losses import combined_loss
     torch.set_num_threads(1)
     tnn, world = _e2e_default(), tdist.world_size()
     torch.manual_seed(0)
@@ -158,7 +158,7 @@ class _Widths:
 
 
 def _timed(fn, steps: int) -> float:
-    from tnn import distributed as tdist
+    from tnn.train import distributed as tdist
     tdist.barrier()
     start = time.perf_counter()
     for _ in range(steps):

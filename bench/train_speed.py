@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from tnn.losses import triplet_loss
+from tnn.core.losses import triplet_loss
 from tnn.methods import MethodsConfig
-from tnn.mining import batch_all
-from tnn.pipelines import build_net, input_maps, loss_kwargs, run_epoch
-from tnn.synthetic import synthetic
+from tnn.core.mining import batch_all
+from tnn.methods.tnn import build_net, input_maps, loss_kwargs, run_epoch
+from tnn.data.synthetic import synthetic
 
 
 def parse(argv):

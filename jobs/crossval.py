@@ -26,13 +26,13 @@ import numpy as np
 
 from jobs.common import emit_error, print_config
 from tnn import methods as registry
-from tnn import storage
+from tnn.data import storage
 from tnn.config import load
 from tnn.errors import ConfigError, TnnError
-from tnn.folds import assign_folds, check_trainable, split
-from tnn.metrics import cross_modal_scores
-from tnn.pipelines import cca_dim
-from tnn.sources import Pairs, load_source
+from tnn.core.folds import assign_folds, check_trainable, split
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.tnn import cca_dim
+from tnn.data.sources import Pairs, load_source
 
 DEFAULT_METHODS = ("cca", "kcca", "dcca", "c-cca", "c-kcca", "c-dcca", "tnn-c-cca", "tnn-e2e")
 

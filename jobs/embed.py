@@ -9,10 +9,10 @@
         python -m jobs.embed --model models:/tnn@champion --data s3://bucket/tnn/vegas \\
         --out s3://bucket/tnn/index/vegas --gpu --concurrency 4
 
-Ray Data streams the feature shards (`tnn.data.dataset`; or an in-memory source such as
+Ray Data streams the feature shards (`tnn.ray.dataset.dataset`; or an in-memory source such as
 `uci-mfeat`) through `map_batches` into actors that each hold the two pyfunc encoders
-(`tnn.registry.load_encoders`); the driver writes the embedded batches as they arrive
-(`tnn.embedding_shards.EmbeddingWriter`: atomic shards, the manifest last, naming the model
+(`tnn.tracking.registry.load_encoders`); the driver writes the embedded batches as they arrive
+(`tnn.serve.index.EmbeddingWriter`: atomic shards, the manifest last, naming the model
 name, alias, versions and run). Memory depends on the batch size and the object-store cap
 (`--object-store-mib`, blocks in flight), not on the gallery size. The model URI is
 resolved once on the driver and every actor checks that it loaded the same versions (an
@@ -32,7 +32,10 @@ import time
 import numpy as np
 
 from jobs.common import emit_error, init_ray, print_config
-from tnn import embedding_shards, registry, retrieval, tracking
+from tnn.serve import index as embedding_shards
+from tnn.tracking import registry
+from tnn.serve import search as retrieval
+from tnn.tracking import runs as tracking
 from tnn.errors import ConfigError, DataError, TnnError
 
 JOB = "embed"
@@ -127,8 +130,9 @@ def source_dataset(cfg: EmbedConfig):
     """(Ray Dataset of clip_id/label/audio/visual, row count, class names, source string)."""
     import ray.data
 
-    from tnn import data, shards
-    from tnn.sources import is_shard_uri, load_source
+    from tnn.ray import dataset as data
+    from tnn.data import shards
+    from tnn.data.sources import is_shard_uri, load_source
     cols = ("clip_id", "label", "audio", "visual")
     if is_shard_uri(cfg.data):
         man = shards.read_manifest(cfg.data)
@@ -186,8 +190,8 @@ def smoke_model(tracking_uri: str, name: str = "tnn", data: str = "uci-mfeat",
                 alias: str = "champion") -> dict:
     """Cluster-CCA fitted on `data`, logged and registered as NAME-audio / NAME-visual at
     `alias` in `tracking_uri` (seconds): the model of the smoke mode, tests and bench."""
-    from tnn.pipelines import CCAConfig, fit_linear
-    from tnn.sources import load_source
+    from tnn.methods.tnn import CCAConfig, fit_linear
+    from tnn.data.sources import load_source
     p = load_source(data)
     logger, _ = tracking.open_run(tracking_uri, "embed-smoke", f"{name}-smoke")
     registry.log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from jobs.common import emit_error, print_config
-from tnn import registry, tracking
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
 from tnn.errors import ConfigError, TnnError
 
 JOB = "evaluate"
@@ -64,21 +65,23 @@ def split_of(run_id: str, tracking_uri: str) -> dict:
 def held_out(split: dict):
     """The test-fold `Pairs` of `split` (SPLIT_KEYS), as `jobs.train` split it."""
     from tnn.config import from_dict
-    from tnn.sources import is_shard_uri
-    from tnn.train_config import TrainJobConfig
+    from tnn.data.sources import is_shard_uri
+    from tnn.train.config import TrainJobConfig
     cfg = from_dict(TrainJobConfig, split)
     if is_shard_uri(cfg.data):
         return held_out_shards(cfg)
-    from tnn.train_data import split_in_memory
+    from tnn.ray.prepare import split_in_memory
     return split_in_memory(cfg)[2]
 
 
 def held_out_shards(cfg):
     """Test-fold rows of a shard set, read shard by shard (only that fold is kept in memory)."""
-    from tnn import data, shards, storage
-    from tnn.folds import split, validation_split
-    from tnn.sources import make_pairs
-    from tnn.train_data import shard_index
+    from tnn.ray import dataset as data
+    from tnn.data import shards
+    from tnn.data import storage
+    from tnn.core.folds import split, validation_split
+    from tnn.data.sources import make_pairs
+    from tnn.ray.prepare import shard_index
     man, ids, labels, folds = shard_index(cfg.data)
     if cfg.subset and cfg.subset < len(ids):
         keep = validation_split(labels, cfg.subset / len(ids), cfg.seed)[1]
@@ -101,7 +104,7 @@ def held_out_shards(cfg):
 
 def scores(encoders, test) -> dict:
     """`cross_modal_scores` of the pyfunc encoders' embeddings of `test`, plus the mean MAP."""
-    from tnn.metrics import cross_modal_scores
+    from tnn.core.metrics import cross_modal_scores
     s = cross_modal_scores(encoders.audio.predict(test.audio),
                            encoders.visual.predict(test.visual), test.labels)
     return {**s, "map": 0.5 * (s["a2v_map"] + s["v2a_map"])}
@@ -158,7 +161,7 @@ def evaluate(model_uri: str, *, split: dict | None = None, data: str | None = No
     split.update({k: v for k, v in (("data", data), ("test_fold", fold)) if v is not None})
     test = held_out(split)
     if limit and limit < test.n:
-        from tnn.folds import validation_split
+        from tnn.core.folds import validation_split
         test = test.subset(validation_split(test.labels, limit / test.n, 0)[1])
     log(f"{JOB}: {model_uri} (run {encoders.info['run_id']}) on {split['data']} fold "
         f"{split.get('test_fold', 0)}: {test.n} clips")

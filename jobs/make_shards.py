@@ -6,7 +6,7 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python -m jobs.make_shards --source synthetic:200000 --out s3://bucket/tnn/syn200k
 
-SOURCE is anything `tnn.sources.load_source` takes: `uci-mfeat[:A,B]`, `npz:PATH`,
+SOURCE is anything `tnn.data.sources.load_source` takes: `uci-mfeat[:A,B]`, `npz:PATH`,
 `vegas:DIR`, `synthetic:N` / `synthetic:n=N,seed=S,...` or a shard URI (re-shard). Folds are
 class-balanced, `assign_folds(labels, --folds, --seed)`, stored per row. Synthetic sets are
 streamed (labels first, then features chunk by chunk): memory does not grow with N.
@@ -30,12 +30,12 @@ import tempfile
 import time
 
 from jobs.common import emit_error
-from tnn import shards
+from tnn.data import shards
 from tnn.errors import DataError, TnnError
-from tnn.folds import assign_folds
-from tnn.shard_writer import ShardWriter
-from tnn.sources import load_source
-from tnn.storage import StorageSettings
+from tnn.core.folds import assign_folds
+from tnn.data.shard_writer import ShardWriter
+from tnn.data.sources import load_source
+from tnn.data.storage import StorageSettings
 
 JOB = "make_shards"
 PROGRESS_SECONDS = 2.0
@@ -65,7 +65,7 @@ def chunks(spec: str, k: int, seed: int, chunk_rows: int):
     """(class names, rows, iterator of (audio, visual, labels, clip_ids, folds) chunks)."""
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        from tnn.synthetic import iter_synthetic, parse_spec, synthetic_labels
+        from tnn.data.synthetic import iter_synthetic, parse_spec, synthetic_labels
         kwargs = parse_spec(arg)
         folds = assign_folds(synthetic_labels(**kwargs), k, seed)
         parts = iter_synthetic(chunk_rows=chunk_rows, **kwargs)

@@ -27,7 +27,8 @@ import sys
 
 from jobs import evaluate
 from jobs.common import emit_error, print_config
-from tnn import registry, tracking
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
 from tnn.errors import ConfigError, TnnError
 
 JOB = "promote"

@@ -11,7 +11,7 @@ that modality and searched against the other modality's embeddings: audio querie
 visual clips and vice versa. The encoder is the one that built the index (`runs:/RUN_ID` from
 its manifest) unless `--model` names another, which must be the same model version (an index
 of another version is refused). `--embedded`: the file holds query embeddings already.
-Exact search (chunked matrix products) unless `--approx` (an IVF index, `tnn.retrieval`;
+Exact search (chunked matrix products) unless `--approx` (an IVF index, `tnn.serve.search`;
 `--nprobe` lists per query; the lists saved by `--build-ivf`, which also reports their
 recall@k against exact search, else built in memory first); `--stream` searches shard by shard with bounded memory instead of
 loading the index. Prints each query's hits (rank, clip id, score, label) or, with --json,
@@ -32,7 +32,8 @@ import time
 import numpy as np
 
 from jobs.common import emit_error
-from tnn import embedding_shards, retrieval
+from tnn.serve import index as embedding_shards
+from tnn.serve import search as retrieval
 from tnn.errors import ConfigError, DataError, TnnError
 
 JOB = "query"
@@ -58,7 +59,7 @@ def embed_queries(x: np.ndarray, modality: str, model_uri: str, tracking_uri: st
                   where: str = "queries") -> tuple[np.ndarray, dict]:
     """Raw features -> unit embeddings with the `modality` encoder of `model_uri`; also the
     encoder's info (for the index's model check)."""
-    from tnn import registry
+    from tnn.tracking import registry
     enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
     model = getattr(enc, modality)
     width = _in_width(model)

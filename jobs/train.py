@@ -13,7 +13,7 @@ The default method is tnn-e2e (`tnn.methods`), the default data the bundled uci-
 fold 0 as the test fold; the config is printed resolved at start and saved with the MLflow
 run (SQLite store under ./runs/mlflow unless MLFLOW_TRACKING_URI or mlflow.tracking_uri says
 otherwise), with the history plot, the encoder files and the two MLflow pyfunc encoders
-(`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.log_checkpoint`) that
+(`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.runs.log_checkpoint`) that
 `jobs.promote` registers and `jobs.evaluate` scores. On a cluster, storage_path and the
 tracking URI must be reachable from every node (s3://, an MLflow server). The last line is
 `train: test fold 0 a->v MAP 0.xxxx v->a MAP 0.xxxx (mean 0.xxxx) in N s, run <mlflow run id>`.
@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from jobs.common import emit_error, init_ray, print_config
-from tnn import tracking
+from tnn.tracking import runs as tracking
 from tnn.config import from_dict, merge, parse_overrides, to_dict
 from tnn.errors import ConfigError, TnnError
 
@@ -63,7 +63,7 @@ def _yaml(path) -> dict:
 
 def build_config(args):
     """Defaults <- smoke.yaml (--smoke) <- --config <- --data <- --set; a run name if none."""
-    from tnn.train_loop import TrainJobConfig
+    from tnn.ray.train_loop import TrainJobConfig
     layers = ([_yaml(CONFIGS / "smoke.yaml")] if args.smoke else []) + \
         ([_yaml(args.config)] if args.config else [])
     sets = ([f"data={args.data}"] if args.data else []) + list(args.set)
@@ -78,7 +78,7 @@ def build_config(args):
 
 def start_tracking(cfg):
     """Open (or reopen, for a resumed run name) the MLflow run; the config gets its id and URI."""
-    from tnn.train_loop import read_run_info, write_run_info
+    from tnn.ray.train_loop import read_run_info, write_run_info
     if not cfg.mlflow.enabled:
         return cfg, None
     uri, artifacts = tracking.resolve(cfg.mlflow.tracking_uri, cfg.mlflow.local_dir)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         cfg, logger = start_tracking(cfg)
         print_config(JOB, cfg)
         started = init_ray()
-        from tnn.train_loop import fit, prepare
+        from tnn.ray.train_loop import fit, prepare
         result = fit(cfg, prepare(cfg))
         if logger:
             with result.checkpoint.as_directory() as d:

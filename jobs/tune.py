@@ -9,7 +9,7 @@
         --tracking-uri http://mlflow:5000 --set base.storage_path=s3://bucket/tnn/tune \\
         --set budget.use_gpu=true --set budget.cpus_per_worker=4
 
-The space (`tnn.tune_space.SearchSpace`) is checked against the data (class count, widths)
+The space (`tnn.ray.tune_space.SearchSpace`) is checked against the data (class count, widths)
 before Ray starts. Locally Ray gets a `trial_slot` resource for the trial drivers; on a
 cluster without it each trial driver takes a CPU (printed). MLflow (`--tracking-uri`, else
 $MLFLOW_TRACKING_URI, else SQLite under ./runs/mlflow): one parent run per search, one child
@@ -36,9 +36,9 @@ from pathlib import Path
 import yaml
 
 from jobs.common import emit_error, init_ray
-from tnn import tracking
-from tnn import tune_run as tr
-from tnn import tune_space as ts
+from tnn.tracking import runs as tracking
+from tnn.ray import tune as tr
+from tnn.ray import tune_space as ts
 from tnn.config import merge
 from tnn.errors import ConfigError, TnnError
 

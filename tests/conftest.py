@@ -100,7 +100,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_bucket(s3_server) -> str:
     """`s3://tnn-test`, created once on the session's server."""
-    from tnn.storage import s3_client
+    from tnn.data.storage import s3_client
     s3_client().create_bucket(Bucket=BUCKET)
     return f"s3://{BUCKET}"
 

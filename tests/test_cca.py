@@ -1,11 +1,11 @@
-"""tnn.cca: closed-form CCA / cluster-CCA against independent implementations and invariants."""
+"""tnn.core.cca: closed-form CCA / cluster-CCA against independent implementations and invariants."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.reference import cca as ref
-from tnn.cca import (
+from tnn.core.cca import (
     CCAProjection,
     CCAStats,
     fit_cca,
@@ -229,7 +229,7 @@ def test_data_errors():
 @pytest.mark.parametrize("scale", [True, False])
 def test_standardized_stats_equal_those_of_standardised_rows(scale):
     x, y, labels = toy([40, 25, 35], dx=6, dy=5, seed=3)
-    x[:, 2] = 7.0  # a constant feature keeps the scale 1 (as `tnn.encoder.standardizer`)
+    x[:, 2] = 7.0  # a constant feature keeps the scale 1 (as `tnn.core.encoder.standardizer`)
     (mx, sx), (my, sy), z = standardized_stats(CCAStats.from_arrays(x, y, labels, 3), scale=scale)
     np.testing.assert_allclose(mx, x.mean(0), rtol=1e-12)
     np.testing.assert_allclose(my, y.mean(0), rtol=1e-12)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tnn import checkpoints as ck
-from tnn.encoder import Encoder
-from tnn.pipelines import CCAConfig, TNNConfig, build_net, input_maps
-from tnn.sources import load_source
+from tnn.train import checkpoints as ck
+from tnn.core.encoder import Encoder
+from tnn.methods.tnn import CCAConfig, TNNConfig, build_net, input_maps
+from tnn.data.sources import load_source
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.make_shards import write
-from tnn import data, shards
+from tnn.ray import dataset as data
+from tnn.data import shards
 from tnn.errors import ConfigError, DataError
-from tnn.folds import assign_folds
-from tnn.sources import load_source
+from tnn.core.folds import assign_folds
+from tnn.data.sources import load_source
 
 MFEAT = "uci-mfeat"
 

@@ -1,18 +1,18 @@
-"""tnn.baselines.dcca: the DCCA / C-DCCA objectives, training loop and final projection."""
+"""tnn.methods.dcca: the DCCA / C-DCCA objectives, training loop and final projection."""
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from tnn.baselines import BASELINES, BaselinesConfig
-from tnn.baselines.dcca import DCCAConfig, correlation_loss, train_net, validation_map
-from tnn.cca import CCAStats, fit_cca
+from tnn.methods.baselines import BASELINES, BaselinesConfig
+from tnn.methods.dcca import DCCAConfig, correlation_loss, train_net, validation_map
+from tnn.core.cca import CCAStats, fit_cca
 from tnn.errors import ConfigError
-from tnn.losses_cca import dcca_loss
-from tnn.model import TwoBranchNet
-from tnn.pipelines import CCAConfig
-from tnn.sources import make_pairs
+from tnn.core.cca_loss import dcca_loss
+from tnn.core.model import TwoBranchNet
+from tnn.methods.tnn import CCAConfig
+from tnn.data.sources import make_pairs
 
 SMALL = DCCAConfig(hidden=(16,), epochs=4, batch_size=40, lr=1e-2, optimizer="adam")
 

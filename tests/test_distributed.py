@@ -1,8 +1,8 @@
-"""tnn.distributed: the gradient-carrying gather, the global-batch loss under DDP, the fallbacks.
+"""tnn.train.distributed: the gradient-carrying gather, the global-batch loss under DDP, the fallbacks.
 
 Multi-process checks share one spawn of 2 gloo workers on 127.0.0.1 (a module fixture: each
 worker's imports cost seconds). Workers assert the direct checks themselves and return what the
-parent compares with one process running `tnn.pipelines.run_epoch` on the concatenated global
+parent compares with one process running `tnn.methods.tnn.run_epoch` on the concatenated global
 batch (float64 throughout).
 """
 
@@ -20,13 +20,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from tnn import distributed as tdist
-from tnn.cca import CCAStats
+from tnn.train import distributed as tdist
+from tnn.core.cca import CCAStats
 from tnn.errors import DataError
-from tnn.losses import combined_loss
-from tnn.losses_cca import batch_stats
-from tnn.model import BranchConfig, TwoBranchNet
-from tnn.pipelines import CCAConfig, TNNConfig, TrainConfig, loss_kwargs, run_epoch
+from tnn.core.losses import combined_loss
+from tnn.core.cca_loss import batch_stats
+from tnn.core.model import BranchConfig, TwoBranchNet
+from tnn.methods.tnn import CCAConfig, TNNConfig, TrainConfig, loss_kwargs, run_epoch
 
 WORLD, CLASSES, BATCH, ROWS, EPOCHS = 2, 4, 16, 32, 2  # 2 steps per epoch, 8 rows per rank
 DA, DV = 6, 5

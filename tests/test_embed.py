@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from jobs import embed
-from tnn import embedding_shards as es
-from tnn import registry
+from tnn.serve import index as es
+from tnn.tracking import registry
 from tnn.errors import ConfigError, DataError
-from tnn.sources import load_source
+from tnn.data.sources import load_source
 
 
 def test_embed_batch_is_a_plain_function():
@@ -82,7 +82,7 @@ def test_embed_job_on_shards_and_in_memory(ray_local, champion, s3_prefix, tmp_p
                             f"{s3_prefix}/index", batch_size=64, folds=(0,),
                             rows_per_shard=40, num_cpus=0.5, tracking_uri=uri)
     index_man = embed.embed(cfg)
-    from tnn.data import read_pairs
+    from tnn.ray.dataset import read_pairs
     fold0 = np.flatnonzero(read_pairs(f"{s3_prefix}/features").folds == 0)
     assert index_man.rows == len(fold0) and len(index_man.shards) == -(-len(fold0) // 40)
     assert index_man.source == f"{s3_prefix}/features" and man.rows == 500

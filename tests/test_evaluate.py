@@ -10,7 +10,7 @@ import pytest
 
 from jobs import evaluate, promote
 from tests.test_promote import SPLIT, make_run
-from tnn import tracking
+from tnn.tracking import runs as tracking
 
 LAST = re.compile(r"evaluate: (\S+) on (\S+) fold (\d) \((\d+) clips\): a->v MAP ([0-9.]+) v->a MAP "
                   r"([0-9.]+) \(mean ([0-9.]+)\) MRR@1 ([0-9.]+) / ([0-9.]+) in \d+ s, run (\w+)$")
@@ -70,8 +70,8 @@ def test_evaluate_reproduces_the_training_runs_test_map(trained, capsys):
 
 def test_held_out_shards_is_the_training_split(tmp_path):
     from jobs.make_shards import write
-    from tnn.data import read_pairs
-    from tnn.folds import validation_split
+    from tnn.ray.dataset import read_pairs
+    from tnn.core.folds import validation_split
     out = tmp_path / "shards"
     write("uci-mfeat", str(out), rows_per_shard=300, folds=5, seed=3, log=lambda *a, **k: None)
     pairs = read_pairs(str(out))
@@ -92,8 +92,8 @@ def test_held_out_shards_is_the_training_split(tmp_path):
 
 def test_smoke_overrides_and_errors(tmp_path, capsys):
     from tnn.config import from_dict
-    from tnn.train_config import TrainJobConfig
-    from tnn.train_data import split_in_memory
+    from tnn.train.config import TrainJobConfig
+    from tnn.ray.prepare import split_in_memory
     store = f"sqlite:///{tmp_path}/mlflow.db"
     split = split_in_memory(from_dict(TrainJobConfig, SPLIT))
     run_id, _ = make_run(store, tmp_path, split, "lin", dim=9, beta=0.2)

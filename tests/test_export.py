@@ -1,4 +1,4 @@
-"""tnn.export: an encoder branch as a torch.export program equals Encoder.embed_* and loads
+"""tnn.serve.export: an encoder branch as a torch.export program equals Encoder.embed_* and loads
 without the tnn package."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from tnn import export
-from tnn.encoder import Encoder
+from tnn.serve import export
+from tnn.core.encoder import Encoder
 from tnn.errors import ConfigError
 from tnn.methods import _e2e_default
-from tnn.pipelines import CCAConfig, TNNConfig, build_net, input_maps
-from tnn.sources import load_source
+from tnn.methods.tnn import CCAConfig, TNNConfig, build_net, input_maps
+from tnn.data.sources import load_source
 
 # Run in a fresh interpreter: the tnn package (installed editable) is made unimportable first.
 NO_TNN = """

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RAY_ENV
-from tnn import storage, tracking
+from tnn.data import storage
+from tnn.tracking import runs as tracking
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[1]

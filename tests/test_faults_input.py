@@ -26,10 +26,12 @@ import pytest
 
 from jobs import crossval, make_shards, promote, train
 from tests.conftest import _free_port, _start_moto, _stop
-from tnn import checkpoints, registry, tracking
-from tnn.pipelines import CCAConfig, TNNConfig, fit_linear
-from tnn.run_state import write_run_info
-from tnn.sources import load_source
+from tnn.train import checkpoints
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
+from tnn.methods.tnn import CCAConfig, TNNConfig, fit_linear
+from tnn.train.run_state import write_run_info
+from tnn.data.sources import load_source
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 QUIET = {"log": lambda *a, **k: None}
@@ -278,7 +280,7 @@ def auth_s3(tmp_path, monkeypatch):
 @pytest.mark.s3
 def test_wrong_credentials_are_refused_and_the_data_is_kept(s3_server, auth_s3, monkeypatch,
                                                             capsys):
-    from tnn.storage import s3_client
+    from tnn.data.storage import s3_client
     endpoint, key_id, secret = auth_s3
     for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key_id,
                  "AWS_SECRET_ACCESS_KEY": secret, "AWS_MAX_ATTEMPTS": "1"}.items():

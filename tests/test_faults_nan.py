@@ -1,5 +1,5 @@
 """Numerical faults: a loss, output or parameter that becomes NaN or inf stops the run with a
-message naming the epoch and the step (`tnn.pipelines.check_finite`), before another step or
+message naming the epoch and the step (`tnn.methods.tnn.check_finite`), before another step or
 checkpoint; on Ray Train the last checkpoint stays the last good epoch's.
 
 Injected three ways: an absurd learning rate (lr=1e20: the first Adam step overflows float32,
@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from jobs import crossval, train
-from tnn import pipelines, tracking
+from tnn.methods import tnn as pipelines
+from tnn.tracking import runs as tracking
 from tnn.errors import NumericalError
-from tnn.sources import load_source
+from tnn.data.sources import load_source
 
 pytestmark = pytest.mark.faults
 
@@ -80,8 +81,8 @@ def test_a_ray_run_that_overflows_stops_and_keeps_the_last_good_checkpoint(
         ray_local, tmp_path, capsys, monkeypatch, request):
     import ray.cloudpickle
 
-    from tnn import train_loop
-    from tnn.checkpoints import load_encoder, load_state
+    from tnn.ray import train_loop
+    from tnn.train.checkpoints import load_encoder, load_state
     module = sys.modules[__name__]
     ray.cloudpickle.register_pickle_by_value(module)  # the transform goes by value
     request.addfinalizer(lambda: ray.cloudpickle.unregister_pickle_by_value(module))

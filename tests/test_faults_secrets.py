@@ -14,7 +14,7 @@ import yaml
 
 from jobs import promote, train, tune
 from tests.conftest import RAY_ENV
-from tnn import storage
+from tnn.data import storage
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.s3, pytest.mark.timeout(420)]
 SECRET = "zz-SECRET-key-Do-Not-Leak-7b1f3c"

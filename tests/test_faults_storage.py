@@ -13,8 +13,8 @@ import pytest
 
 from jobs import make_shards
 from tests.outage import Outage
-from tnn import shards
-from tnn.data import read_pairs
+from tnn.data import shards
+from tnn.ray.dataset import read_pairs
 from tnn.errors import DataError
 
 pytestmark = [pytest.mark.faults, pytest.mark.s3, pytest.mark.timeout(120)]

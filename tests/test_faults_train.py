@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from jobs import train
-from tnn import storage, tracking
+from tnn.data import storage
+from tnn.tracking import runs as tracking
 from tnn.config import from_dict
-from tnn.folds import assign_folds, split, validation_split
-from tnn.metrics import cross_modal_scores
-from tnn.pipelines import fit_tnn
-from tnn.sources import load_source
-from tnn.train_config import TrainJobConfig
+from tnn.core.folds import assign_folds, split, validation_split
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.tnn import fit_tnn
+from tnn.data.sources import load_source
+from tnn.train.config import TrainJobConfig
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray]
 LAST = re.compile(r"train: test fold 0 a->v MAP ([0-9.]+) v->a MAP ([0-9.]+) \(mean ([0-9.]+)\) "
@@ -146,7 +147,7 @@ def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path
 def outage(s3_server, monkeypatch):
     """The session's S3 server behind a forwarder the test can take down; the driver (which
     builds the pyarrow filesystem that Ray Train pickles to its controller and workers for
-    checkpoint uploads: `tnn.run_state.storage_of`) talks to the forwarder."""
+    checkpoint uploads: `tnn.train.run_state.storage_of`) talks to the forwarder."""
     from urllib.parse import urlsplit
 
     from tests.outage import Outage
@@ -159,12 +160,12 @@ def outage(s3_server, monkeypatch):
 
 def direct(s3_server):
     """A boto3 client on the S3 server itself (not through the forwarder)."""
-    from tnn.storage import StorageSettings, s3_client
+    from tnn.data.storage import StorageSettings, s3_client
     return s3_client(StorageSettings(endpoint_url=s3_server))
 
 
 def keys(client, uri: str) -> list[str]:
-    from tnn.storage import split_s3
+    from tnn.data.storage import split_s3
     bucket, prefix = split_s3(uri)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
     return sorted(o["Key"][len(prefix) + 1:] for p in pages for o in p.get("Contents", []))
@@ -192,8 +193,8 @@ def reported_checkpoints(client, uri: str, tmp_path: Path) -> list[str]:
     each is asserted complete: its four files present and loadable."""
     import json
 
-    from tnn.checkpoints import load_encoder, load_state
-    from tnn.storage import split_s3
+    from tnn.train.checkpoints import load_encoder, load_state
+    from tnn.data.storage import split_s3
     bucket, prefix = split_s3(uri)
     snap = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/checkpoint_manager_"
                                         "snapshot.json")["Body"].read())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tnn.errors import ConfigError, DataError
-from tnn.folds import assign_folds, split, validation_split
+from tnn.core.folds import assign_folds, split, validation_split
 
 
 @pytest.mark.parametrize("k", [2, 5, 7])

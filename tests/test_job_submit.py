@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tnn.sources import load_source
+from tnn.data.sources import load_source
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -226,7 +226,7 @@ def test_crossval_job_reads_the_shards_and_writes_json_to_s3(head, shards):
     match = re.fullmatch(r"crossval: best c-cca mean MAP ([0-9.]+) over 5 folds \(\d+ s\)",
                          last_line(logs, "crossval"))
     assert match, logs[-2000:]
-    from tnn.storage import s3_client, split_s3
+    from tnn.data.storage import s3_client, split_s3
     bucket, key = split_s3(out)
     res = json.loads(s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
     c_cca = res["methods"]["c-cca"]

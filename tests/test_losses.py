@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.reference import triplets as ref
-from tnn.distances import pairwise_distance, pairwise_distance_chunked
+from tnn.core.distances import pairwise_distance, pairwise_distance_chunked
 from tnn.errors import ConfigError, DataError
-from tnn.losses import batch_all_triplet_loss, combined_loss, triplet_loss
-from tnn.mining import batch_all
+from tnn.core.losses import batch_all_triplet_loss, combined_loss, triplet_loss
+from tnn.core.mining import batch_all
 
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1, 0, 1])  # class 2 has a single item
 DTYPES = [torch.float64, torch.float32]
@@ -224,21 +224,21 @@ def test_combined_loss_cca_is_optional_and_lazy(monkeypatch):
     boom = lambda *a, **k: pytest.fail("cca must not run when w_cca == 0")  # noqa: E731
     out = combined_loss(audio, visual, LABELS, cca=boom)
     assert out["cca"].item() == 0 and torch.equal(out["total"], out["triplet"])
-    fake = types.ModuleType("tnn.losses_cca")
+    fake = types.ModuleType("tnn.core.cca_loss")
     fake.cluster_cca_loss = lambda x, xl, y, yl=None, *, k, ridge, beta: torch.tensor(-float(k))
-    monkeypatch.setitem(sys.modules, "tnn.losses_cca", fake)
+    monkeypatch.setitem(sys.modules, "tnn.core.cca_loss", fake)
     out = combined_loss(audio, visual, LABELS, w_cca=1.0,
                         cca_kwargs=dict(k=3, ridge=1e-4, beta=0.2))
     assert out["cca"].item() == -3
-    monkeypatch.setitem(sys.modules, "tnn.losses_cca", None)  # the module is not there
-    with pytest.raises(ConfigError, match="losses_cca"):
+    monkeypatch.setitem(sys.modules, "tnn.core.cca_loss", None)  # the module is not there
+    with pytest.raises(ConfigError, match="cca_loss"):
         combined_loss(audio, visual, LABELS, w_cca=1.0)
     with pytest.raises(ConfigError, match="directions"):
         combined_loss(audio, visual, LABELS, directions=())
 
 
 def test_combined_loss_with_the_real_cluster_cca():
-    losses_cca = pytest.importorskip("tnn.losses_cca")
+    losses_cca = pytest.importorskip("tnn.core.cca_loss")
     audio, visual = embeddings()
     kw = dict(k=2, ridge=1e-3, beta=0.2)
     out = combined_loss(audio, visual, LABELS, w_cca=0.5, cca_kwargs=kw)

@@ -1,11 +1,11 @@
-"""tnn.losses_cca: the batch (cluster-)CCA loss against the closed form and the pair reference."""
+"""tnn.core.cca_loss: the batch (cluster-)CCA loss against the closed form and the pair reference."""
 import pytest
 import torch
 
 from tests.reference import cca as ref
-from tnn.cca import CCAStats, fit_cca
+from tnn.core.cca import CCAStats, fit_cca
 from tnn.errors import ConfigError, DataError
-from tnn.losses_cca import cluster_cca_loss, dcca_loss
+from tnn.core.cca_loss import cluster_cca_loss, dcca_loss
 
 
 def batch(sizes, dx=5, dy=4, seed=0, dtype=torch.float64):

@@ -9,11 +9,12 @@ import pytest
 
 from jobs import make_shards
 from tests.test_sources import _write_clip_dir
-from tnn import data, shards
+from tnn.ray import dataset as data
+from tnn.data import shards
 from tnn.errors import DataError
-from tnn.folds import assign_folds
-from tnn.shard_writer import ShardWriter
-from tnn.sources import load_source
+from tnn.core.folds import assign_folds
+from tnn.data.shard_writer import ShardWriter
+from tnn.data.sources import load_source
 
 SECRET = "zz-Do-Not-Print-This-Secret-42"
 QUIET = {"log": lambda *a, **k: None}
@@ -45,7 +46,7 @@ def test_every_source_round_trips_through_s3_bit_for_bit(tmp_path, s3_bucket, ra
         want = load_source(spec)
         folds = assign_folds(want.labels, 3, 5)
         assert man.rows == want.n and man.class_names == want.class_names
-        back = load_source(uri)  # -> tnn.data.read_pairs
+        back = load_source(uri)  # -> tnn.ray.dataset.read_pairs
         _assert_same({"audio": back.audio, "visual": back.visual, "label": back.labels,
                       "fold": back.folds, "clip_id": back.clip_ids}, want, folds)
         rows = [b for b in data.iter_numpy(data.dataset(uri), batch_size=777)]

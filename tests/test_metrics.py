@@ -1,4 +1,4 @@
-"""tnn.metrics against hand-computed cases, sklearn, the naive loops and its own dense path."""
+"""tnn.core.metrics against hand-computed cases, sklearn, the naive loops and its own dense path."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from tests.reference import metrics as ref
-from tnn import metrics
+from tnn.core import metrics
 from tnn.errors import DataError
 
 DTYPES = [np.float32, np.float64]
@@ -144,7 +144,7 @@ def test_identical_views_retrieve_perfectly():
 
 
 def test_core_module_imports_only_numpy():
-    code = "import sys, tnn.metrics; print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    code = "import sys, tnn.core.metrics; print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -5,7 +5,7 @@ import torch
 
 from tests.reference import triplets as ref
 from tnn.errors import ConfigError, DataError
-from tnn.mining import batch_all, batch_hard, mine, pair_masks, semi_hard
+from tnn.core.mining import batch_all, batch_hard, mine, pair_masks, semi_hard
 
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1, 0, 1])  # class 2 has a single item
 DTYPES = [torch.float64, torch.float32]

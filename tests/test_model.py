@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tnn.errors import ConfigError, DataError
-from tnn.losses import combined_loss
-from tnn.model import PRESETS, BranchConfig, TwoBranchNet
+from tnn.core.losses import combined_loss
+from tnn.core.model import PRESETS, BranchConfig, TwoBranchNet
 
 
 def inputs(b=8, audio_dim=128, visual_dim=1024, seed=0):

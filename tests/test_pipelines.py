@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tnn.cca import CCAStats, fit_cca
-from tnn.encoder import Encoder, Ensemble, standardizer
+from tnn.core.cca import CCAStats, fit_cca
+from tnn.core.encoder import Encoder, Ensemble, standardizer
 from tnn.errors import ConfigError, DataError
-from tnn.folds import validation_split
-from tnn.metrics import cross_modal_scores
-from tnn.pipelines import (CCAConfig, TNNConfig, TrainConfig, fit_linear, fit_tnn, input_maps,
+from tnn.core.folds import validation_split
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.tnn import (CCAConfig, TNNConfig, TrainConfig, fit_linear, fit_tnn, input_maps,
                            validation_map)
-from tnn.sources import load_source
+from tnn.data.sources import load_source
 
 QUIET = lambda s: None  # noqa: E731
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from jobs import evaluate, promote
-from tnn import checkpoints, registry, tracking
-from tnn.metrics import cross_modal_scores
-from tnn.pipelines import CCAConfig, TNNConfig, fit_linear
+from tnn.train import checkpoints
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.tnn import CCAConfig, TNNConfig, fit_linear
 
 SPLIT = {"data": "uci-mfeat", "folds": 5, "seed": 0, "subset": 0, "test_fold": 0}
 LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(audio v(\d+), visual "
@@ -24,8 +26,8 @@ LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(audi
 @pytest.fixture(scope="module")
 def split():
     from tnn.config import from_dict
-    from tnn.train_config import TrainJobConfig
-    from tnn.train_data import split_in_memory
+    from tnn.train.config import TrainJobConfig
+    from tnn.ray.prepare import split_in_memory
     fit, val, test = split_in_memory(from_dict(TrainJobConfig, SPLIT))
     return fit, val, test
 

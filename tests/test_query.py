@@ -7,8 +7,8 @@ import pytest
 
 from jobs import query
 from tests.reference import retrieval as ref
-from tnn import embedding_shards as es
-from tnn import retrieval
+from tnn.serve import index as es
+from tnn.serve import search as retrieval
 
 MODEL = {"model_uri": "runs:/r1", "run_id": "r1"}
 
@@ -86,8 +86,8 @@ def test_smoke(capsys):
 def registered_index(tmp_path_factory):
     """uci-mfeat embedded (without Ray) by c-cca registered as tnn@champion in a temp store."""
     from jobs.embed import embed_batch, smoke_model
-    from tnn import registry
-    from tnn.sources import load_source
+    from tnn.tracking import registry
+    from tnn.data.sources import load_source
     tmp = tmp_path_factory.mktemp("registered")
     uri = f"sqlite:///{tmp}/mlflow.db"
     smoke_model(uri)

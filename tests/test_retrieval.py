@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from tests.reference import retrieval as ref
-from tnn import embedding_shards as es
-from tnn import retrieval
+from tnn.serve import index as es
+from tnn.serve import search as retrieval
 from tnn.errors import ConfigError, DataError
-from tnn.shard_writer import ShardWriter
+from tnn.data.shard_writer import ShardWriter
 
 MODEL = {"model_uri": "models:/tnn@champion", "name": "tnn", "alias": "champion",
          "versions": {"audio": "3", "visual": "3"}, "run_id": "r3"}

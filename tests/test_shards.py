@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import fs as pafs
 
-from tnn import shards, storage
-from tnn.data import read_pairs
+from tnn.data import shards
+from tnn.data import storage
+from tnn.ray.dataset import read_pairs
 from tnn.errors import DataError
-from tnn.folds import assign_folds
-from tnn.shard_writer import ShardWriter, prepare_prefix
-from tnn.sources import make_pairs
+from tnn.core.folds import assign_folds
+from tnn.data.shard_writer import ShardWriter, prepare_prefix
+from tnn.data.sources import make_pairs
 
 
 def _pairs(n=60, classes=3, seed=0):

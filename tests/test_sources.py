@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tnn.errors import ConfigError, DataError
-from tnn.sources import load_source, make_pairs, uci_mfeat
-from tnn.synthetic import iter_synthetic, synthetic, synthetic_labels
-from tnn.vegas import from_clip_dir, pool_clip
+from tnn.data.sources import load_source, make_pairs, uci_mfeat
+from tnn.data.synthetic import iter_synthetic, synthetic, synthetic_labels
+from tnn.data.vegas import from_clip_dir, pool_clip
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_mfeat"
 

@@ -6,9 +6,9 @@ import pytest
 from botocore import UNSIGNED
 from pyarrow import fs as pafs
 
-from tnn import storage
+from tnn.data import storage
 from tnn.errors import ConfigError
-from tnn.storage import StorageSettings
+from tnn.data.storage import StorageSettings
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRET"
 

@@ -1,10 +1,11 @@
-"""tnn.tracking on a temporary SQLite store: runs, params, metrics, artifacts, reopening."""
+"""tnn.tracking.runs on a temporary SQLite store: runs, params, metrics, artifacts, reopening."""
 
 from pathlib import Path
 
 import pytest
 
-from tnn import registry, tracking
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
 
 
 @pytest.fixture
@@ -111,11 +112,11 @@ def logged(tmp_path_factory):
     import numpy as np
     import torch
 
-    from tnn import checkpoints
-    from tnn.encoder import Encoder
+    from tnn.train import checkpoints
+    from tnn.core.encoder import Encoder
     from tnn.methods import _e2e_default
-    from tnn.pipelines import build_net, input_maps
-    from tnn.sources import load_source
+    from tnn.methods.tnn import build_net, input_maps
+    from tnn.data.sources import load_source
     tmp = tmp_path_factory.mktemp("logged")
     uci = load_source("uci-mfeat").subset(np.arange(0, 2000, 8))
     cfg = _e2e_default()

@@ -1,5 +1,5 @@
-"""tnn.train_data without Ray: the statistics transforms add up to the in-memory fit, the
-input stages from statistics equal `tnn.pipelines.input_maps`, projection and id selection are
+"""tnn.ray.prepare without Ray: the statistics transforms add up to the in-memory fit, the
+input stages from statistics equal `tnn.methods.tnn.input_maps`, projection and id selection are
 plain batch functions. The Ray Data pass itself runs in tests/test_train_loop.py."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tnn import train_data as td
-from tnn.cca import CCAStats, fit_cca
-from tnn.pipelines import CCAConfig, TNNConfig, input_maps, input_maps_from_stats
-from tnn.sources import load_source
+from tnn.ray import prepare as td
+from tnn.core.cca import CCAStats, fit_cca
+from tnn.methods.tnn import CCAConfig, TNNConfig, input_maps, input_maps_from_stats
+from tnn.data.sources import load_source
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""tnn.train_loop: config, early-stopping state and run note without Ray; then, on the session
-Ray, the distributed statistics pass (`tnn.train_data.prepare`) and ONE 2-worker Train run that
+"""tnn.ray.train_loop: config, early-stopping state and run note without Ray; then, on the session
+Ray, the distributed statistics pass (`tnn.ray.prepare.prepare`) and ONE 2-worker Train run that
 must match one process running `run_epoch` on the same global batches."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from jobs.train import build_config, parse_args
-from tnn import train_loop as tl
-from tnn.cca import CCAStats, fit_cca, standardized_stats
-from tnn.checkpoints import widths
+from tnn.ray import train_loop as tl
+from tnn.core.cca import CCAStats, fit_cca, standardized_stats
+from tnn.train.checkpoints import widths
 from tnn.config import from_dict, to_dict
 from tnn.errors import ConfigError
-from tnn.model import TwoBranchNet
-from tnn.pipelines import (
+from tnn.core.model import TwoBranchNet
+from tnn.methods.tnn import (
     CCAConfig,
     TNNConfig,
     TrainConfig,

@@ -1,4 +1,4 @@
-"""jobs.tune and tnn.tune_space / tnn.tune_run: spaces and their checks (no Ray), the trial
+"""jobs.tune and tnn.ray.tune_space / tnn.ray.tune: spaces and their checks (no Ray), the trial
 summary, and a real 4-trial ASHA search on the session Ray with a SQLite MLflow store."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from jobs import tune
-from tnn import registry, tracking
-from tnn import tune_run as tr
-from tnn import tune_space as ts
+from tnn.tracking import registry
+from tnn.tracking import runs as tracking
+from tnn.ray import tune as tr
+from tnn.ray import tune_space as ts
 from tnn.errors import ConfigError
 
 LAST = re.compile(r"tune: best val_map ([0-9.]+) \(test ([0-9.]+)\) at (.+) of 4 trials "

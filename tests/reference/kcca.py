@@ -6,7 +6,7 @@ max_{a,b} a'Kx Q Ky b / sqrt(a'(Kx^2 + kappa Kx)a . b'(Ky^2 + kappa Ky)b), Kx, K
 (beta = 1: Hardoon's KCCA). Stationarity gives Q Ky b = rho (Kx + kappa I) a and
 Q Kx a = rho (Ky + kappa I) b, so a is an eigenvector of
 M = (Kx + kappa I)^-1 Q Ky (Ky + kappa I)^-1 Q Kx with eigenvalue rho^2.
-kappa = ridge (n - 1) matches tnn.cca's S11 = Xc'Xc/(n-1) + ridge I in feature space; a is
+kappa = ridge (n - 1) matches tnn.core.cca's S11 = Xc'Xc/(n-1) + ridge I in feature space; a is
 normalised so that a'(Kx^2 + kappa Kx)a / (n-1) = 1 (unit-variance projections).
 """
 import numpy as np

@@ -1,6 +1,6 @@
 """Naive retrieval-metric references: explicit Python loops over each query's sorted ranking.
 
-Slow and obvious on purpose; tnn.metrics is compared against these. Each query's gallery is
+Slow and obvious on purpose; tnn.core.metrics is compared against these. Each query's gallery is
 walked best score first, one block of tied scores at a time (a block is one threshold step).
 Per-query functions return NaN for a query with no relevant gallery item.
 """

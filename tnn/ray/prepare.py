@@ -1,0 +1,199 @@
+"""The driver's data plan for a Ray Train run: split, one statistics pass, input stages, the
+projected fit set. A `ray.data` edge (with `tnn.ray.dataset`); the worker loop is `tnn.ray.train_loop`.
+
+    fit set -> Ray Dataset (in-memory `Pairs` as Arrow blocks, or shards read by `tnn.ray.dataset`)
+    one Ray Data pass: `CCAStats` per block (`cca_stats_batch`), summed on the driver
+      -> standardiser [+ cluster-CCA projection] (`tnn.methods.tnn.input_maps_from_stats`)
+    map_batches(`project_batch`); seeded shuffle; small blocks; materialised (cache)
+    val/test: in-memory `Pairs` (rank 0 scores the whole held-out parts)
+
+The split is `fit_tnn`'s: the test fold, then a class-balanced validation split carved from
+the training folds. The transforms are plain functions of numpy / Arrow batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+import torch
+from torch import nn
+
+from tnn.ray import dataset as data
+from tnn.data import shards
+from tnn.data import storage
+from tnn.core.cca import CCAStats
+from tnn.errors import ConfigError, DataError
+from tnn.core.folds import assign_folds, split, validation_split
+from tnn.methods.tnn import input_maps_from_stats
+from tnn.data.sources import Pairs, is_shard_uri, load_source
+from tnn.train.config import TrainJobConfig
+
+# --- Ray Data transforms: plain functions of a batch -----------------------------------------
+
+def cca_stats_batch(batch: dict, num_classes: int) -> dict[str, np.ndarray]:
+    """One block (numpy batch: audio, visual, label) -> its `CCAStats` as ONE row (float64)."""
+    b = data.as_arrays(batch)
+    stats = CCAStats.from_arrays(b["audio"], b["visual"], b["label"], num_classes)
+    return {k: np.asarray(v)[None] for k, v in stats.to_dict().items()}
+
+
+def sum_stats(rows) -> CCAStats:
+    """Add the per-block rows of `cca_stats_batch` (numpy batches of any size)."""
+    total: dict[str, np.ndarray] = {}
+    for batch in rows:
+        for key, value in batch.items():
+            total[key] = total.get(key, 0) + np.asarray(value, np.float64).sum(axis=0)
+    if not total:
+        raise DataError("the fit set is empty")
+    return CCAStats.from_dict(total)
+
+
+def project_batch(batch: dict, audio_in: nn.Module, visual_in: nn.Module) -> dict:
+    """Raw features -> the network's inputs (standardised [+ projected]), float32."""
+    b = data.as_arrays(batch)
+    with torch.no_grad():
+        b["audio"] = audio_in(torch.tensor(b["audio"])).numpy()  # (B, Da')
+        b["visual"] = visual_in(torch.tensor(b["visual"])).numpy()  # (B, Dv')
+    return b
+
+
+def select_ids(table: pa.Table, ids: pa.Array, keep: bool, drop_ids: bool = True) -> pa.Table:
+    """Arrow batch -> the rows whose clip_id is (keep) / is not (not keep) in `ids`."""
+    mask = pc.is_in(table["clip_id"], value_set=ids)
+    table = table.filter(mask if keep else pc.invert(mask))
+    return table.drop_columns(["clip_id"]) if drop_ids else table
+
+
+def dataset_stats(ds, num_classes: int, num_cpus: float = 0.5) -> CCAStats:
+    """One distributed pass: `cca_stats_batch` per block (Ray Data), the rows added here."""
+    rows = ds.map_batches(cca_stats_batch, batch_size=None, batch_format="numpy",
+                          fn_kwargs={"num_classes": num_classes}, num_cpus=num_cpus)
+    return sum_stats(rows.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+# --- the driver's data plan ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Prepared:
+    """What the trainer needs: the projected fit set and the in-memory held-out parts."""
+
+    fit: object  # ray.data.Dataset: label, audio, visual (network inputs) [, row]
+    n_fit: int
+    val: Pairs
+    test: Pairs
+    audio_in: nn.Module
+    visual_in: nn.Module
+    stats: CCAStats  # raw statistics of the fit set (the distributed pass)
+    num_classes: int
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return self.val.audio.shape[1], self.val.visual.shape[1]
+
+
+def arrays_dataset(p: Pairs, blocks: int = 8):
+    """In-memory rows -> a Ray Dataset of label, audio, visual (tensor columns) and row index."""
+    def fsl(x):
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)),
+                                                 x.shape[1])
+    table = data.tensor_columns(pa.table({
+        "label": pa.array(p.labels.astype(np.int64)), "audio": fsl(p.audio),
+        "visual": fsl(p.visual), "row": pa.array(np.arange(p.n, dtype=np.int64))}))
+    size = -(-p.n // max(1, min(blocks, p.n)))
+    return ray.data.from_arrow([table.slice(i, size) for i in range(0, p.n, size)])
+
+
+def split_in_memory(cfg: TrainJobConfig) -> tuple[Pairs, Pairs, Pairs]:
+    """(fit, val, test) exactly as `jobs.crossval` + `fit_tnn` split an in-memory source."""
+    pairs = load_source(cfg.data)
+    if cfg.subset and cfg.subset < pairs.n:
+        pairs = pairs.subset(validation_split(pairs.labels, cfg.subset / pairs.n, cfg.seed)[1])
+    folds = pairs.folds if pairs.folds is not None and len(np.unique(pairs.folds)) == cfg.folds \
+        else assign_folds(pairs.labels, cfg.folds, cfg.seed)
+    tr, te = split(folds, cfg.test_fold)
+    train = pairs.subset(tr)
+    t = cfg.tnn.train
+    fit_idx, val_idx = validation_split(train.labels, t.val_fraction, t.seed)
+    return train.subset(fit_idx), train.subset(val_idx), pairs.subset(te)
+
+
+def shard_index(uri: str) -> tuple[shards.Manifest, np.ndarray, np.ndarray, np.ndarray]:
+    """(manifest, clip_ids, labels, folds) in manifest order: small columns, read directly."""
+    man = shards.read_manifest(uri)
+    fs, root = storage.filesystem(uri)
+    cols = {"clip_id": [], "label": [], "fold": []}
+    for name, rows in man.shards:
+        pf = shards.open_shard(fs, f"{root}/{name}", storage.join(uri, name))
+        shards.check_file(pf, man, storage.join(uri, name), rows)
+        table = pf.read(columns=list(cols))
+        for key in cols:
+            cols[key].append(table[key].to_numpy(zero_copy_only=False))
+    ids, labels, folds = (np.concatenate(cols[k]) for k in cols)
+    return man, ids.astype(str), labels.astype(np.int64), folds.astype(np.int64)
+
+
+def split_shards(cfg: TrainJobConfig):
+    """(fit Dataset, n_fit, val Pairs, test Pairs) of a shard set; the split of `read_pairs` +
+    `fit_tnn`. Only clip ids, labels and folds come to the driver, then the held-out rows."""
+    man, ids, labels, folds = shard_index(cfg.data)
+    if man.folds != cfg.folds:
+        raise ConfigError(f"{cfg.data} has {man.folds} folds; set folds={man.folds}")
+    if cfg.subset and cfg.subset < len(ids):
+        keep = validation_split(labels, cfg.subset / len(ids), cfg.seed)[1]
+        ids, labels, folds = ids[keep], labels[keep], folds[keep]
+    tr, te = split(folds, cfg.test_fold)
+    fit_idx, val_idx = validation_split(labels[tr], cfg.tnn.train.val_fraction, cfg.tnn.train.seed)
+    fit_ids, val_ids = pa.array(ids[tr][fit_idx]), pa.array(ids[tr][val_idx])
+    held_ids = pa.concat_arrays([val_ids, pa.array(ids[te])])
+    read = dict(check="manifest", num_cpus=cfg.read_cpus)
+    held = data.dataset(cfg.data, **read).map_batches(
+        select_ids, batch_format="pyarrow", batch_size=None, num_cpus=cfg.read_cpus,
+        fn_kwargs={"ids": held_ids, "keep": True, "drop_ids": False})
+    rows = [data.table_to_numpy(t)
+            for t in held.iter_batches(batch_size=None, batch_format="pyarrow")]
+    rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    order = np.argsort(rows["clip_id"].astype(str))
+    pairs = Pairs(rows["audio"][order], rows["visual"][order], rows["label"][order],
+                  rows["clip_id"][order].astype(str), man.class_names, cfg.data)
+    is_test = rows["fold"][order] == cfg.test_fold
+    keep = bool(cfg.subset)  # else the (smaller) validation ids are dropped from the folds
+    fit = data.dataset(cfg.data, exclude_folds=[cfg.test_fold], columns=(
+        "clip_id", "label", "audio", "visual"), **read).map_batches(
+        select_ids, batch_format="pyarrow", batch_size=None, num_cpus=cfg.read_cpus,
+        fn_kwargs={"ids": fit_ids if keep else val_ids, "keep": keep})
+    val, test = pairs.subset(np.flatnonzero(~is_test)), pairs.subset(np.flatnonzero(is_test))
+    return fit, len(fit_ids), val, test
+
+
+def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
+    """Split, one statistics pass, input stages, the projected (cached) fit set."""
+    if is_shard_uri(cfg.data):
+        fit_ds, n_fit, val, test = split_shards(cfg)
+    else:
+        fit, val, test = split_in_memory(cfg)
+        fit_ds, n_fit = arrays_dataset(fit), fit.n
+    num_classes = val.num_classes
+    start = time.perf_counter()
+    stats = dataset_stats(fit_ds, num_classes, cfg.read_cpus)
+    if int(stats.n) != n_fit:
+        raise DataError(f"{cfg.data}: the statistics pass saw {stats.n:.0f} rows, expected {n_fit}")
+    audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn, num_classes)
+    log(f"train: fit {n_fit}, val {val.n}, test {test.n} clips; statistics pass and "
+        f"{'cluster-CCA fit' if cfg.tnn.pipeline == 'two-stage' else 'standardiser'} in "
+        f"{time.perf_counter() - start:.1f} s")
+    fit_ds = fit_ds.map_batches(project_batch, batch_format="numpy", num_cpus=cfg.read_cpus,
+                                fn_kwargs={"audio_in": audio_in, "visual_in": visual_in})
+    if cfg.shuffle != "local":  # sources are often sorted by class
+        fit_ds = fit_ds.random_shuffle(seed=cfg.tnn.train.seed, num_cpus=cfg.read_cpus)
+    if cfg.shuffle == "epoch":  # small blocks, dealt to the ranks in a new order every epoch
+        fit_ds = fit_ds.repartition(int(np.clip(n_fit // 64, 8 * cfg.workers, 1024)))
+    if cfg.cache:
+        fit_ds = fit_ds.materialize()
+    if cfg.shuffle == "epoch":  # lazy, so it runs every epoch (unseeded: a seed repeats)
+        fit_ds = fit_ds.randomize_block_order()
+    return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, num_classes)

@@ -1,0 +1,306 @@
+"""The TNN pipelines on Ray Train: the worker loop and the driver's `fit`.
+
+The only `ray.train` user. The single-process twin is `tnn.methods.tnn.fit_tnn`: same split,
+input stages, network, loss and early stopping. What runs where:
+
+    driver                                            workers (`train_loop_per_worker`)
+    `tnn.ray.prepare.prepare`: split, one Ray Data     get_dataset_shard("fit"), local batches
+      statistics pass, input stages, projected and    prepare_model (DDP), global_batch_loss
+      cached fit set                                  rank 0: val MAP over the whole split,
+    `fit`: val/test + input stages -> object store;     all-reduced so every rank stops alike
+      TorchTrainer: gloo (CPU) | nccl (GPU),          report() every epoch on every rank,
+      FailureConfig, local or s3:// storage             the checkpoint from rank 0 only
+
+Differences from one process: dropout masks differ per rank; BatchNorm uses SyncBatchNorm on
+GPUs, but on CPU (SyncBatchNorm needs CUDA) it normalises each rank's local batch and the
+running statistics are averaged over ranks after every epoch. Without dropout and BatchNorm
+the parameters equal one process's on the same global batches (tests/test_train_loop.py).
+
+Checkpoints (`tnn.train.checkpoints`) hold the net, optimiser, epoch, RNG states, early-stopping
+state (`tnn.train.run_state`: history, best net), the resolved config (with the MLflow run id) and
+the encoder selected so far (input stages with the CCA projection + net: `load_encoder`). A
+run restarted by `FailureConfig`, or launched again with the same `run_name` and storage,
+resumes from its latest checkpoint.
+
+Also importable from here (their homes: `tnn.train.config`, `tnn.ray.prepare`,
+`tnn.train.run_state`): TrainJobConfig, MLflowConfig, prepare, Prepared, split_in_memory,
+read_run_info, write_run_info, new_state.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from tnn.train import distributed as tdist
+from tnn.train.checkpoints import (
+    load_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    widths,
+)
+from tnn.config import from_dict, to_dict
+from tnn.core.encoder import Encoder
+from tnn.errors import ConfigError
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
+from tnn.train.run_state import (  # noqa: F401 (re-exported)
+    new_state,
+    read_run_info,
+    should_stop,
+    storage_of,
+    update_best,
+    write_run_info,
+)
+from tnn.data.sources import Pairs
+from tnn.train.config import MLflowConfig, TrainJobConfig  # noqa: F401 (re-exported)
+from tnn.ray.prepare import Prepared, prepare, split_in_memory  # noqa: F401 (re-exported)
+
+# --- the worker loop -------------------------------------------------------------------------
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker. `config`: {"job": resolved TrainJobConfig dict, "inputs":
+    ObjectRef of `worker_inputs`, "local_batch": rows per rank per step, optional
+    "record_rows": a directory where each rank saves the fit-set row ids of its batches}."""
+    run = _start(config)
+    if run.state["done"]:  # a finished run launched again: report its result, train nothing
+        ray.train.report(run.state["final"])
+        return
+    t, shard, rows_seen = run.cfg.tnn.train, ray.train.get_dataset_shard("fit"), []
+    started = time.perf_counter()
+    while not should_stop(run.state, t.epochs, t.patience):
+        epoch = run.state["epoch"] = run.state["epoch"] + 1
+        if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
+            raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
+        torch.manual_seed(_seed(t.seed, epoch, run.rank))  # dropout masks: resumable
+        metrics = {"epoch": epoch, **train_epoch(
+            run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
+            (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device, rows_seen)}
+        if run.world > 1 and not run.sync_bn:
+            _average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
+        metrics.update(_evaluate(run), elapsed_s=time.perf_counter() - started)
+        run.state["history"].append(metrics)
+        update_best(run.state, run.net, metrics["val_map"])
+        if run.logger:
+            run.logger.metrics(metrics, step=epoch)
+        _report(run, metrics)
+    _finish(run)
+    if config.get("record_rows"):
+        np.save(Path(config["record_rows"]) / f"rows-rank{run.rank}.npy", np.stack(rows_seen))
+
+
+@dataclasses.dataclass
+class _Run:
+    """One worker's view of the run."""
+
+    cfg: TrainJobConfig
+    inputs: dict
+    rank: int
+    world: int
+    device: torch.device
+    net: nn.Module  # the unwrapped network (state dicts, evaluation)
+    model: nn.Module  # `net` as prepared by Ray (DDP when world > 1)
+    opt: torch.optim.Optimizer
+    encoder: Encoder
+    state: dict
+    loss_kwargs: dict
+    logger: object
+    resumed: bool
+    sync_bn: bool
+
+
+def _start(config: dict) -> _Run:
+    """Network (initialised as `fit_tnn` does), DDP, Adam, and the state of a checkpoint."""
+    torch.set_num_threads(int(config.get("threads", 1)))
+    cfg, inputs = from_dict(TrainJobConfig, config["job"]), ray.get(config["inputs"])
+    ctx, device, t = ray.train.get_context(), ray.train.torch.get_device(), cfg.tnn.train
+    a_in, v_in = inputs["audio_in"], inputs["visual_in"]
+    dims, classes = inputs["dims"], inputs["num_classes"]
+    torch.manual_seed(t.seed)
+    net = build_net(cfg.tnn, a_in, v_in, widths(dims, classes))
+    state, checkpoint = new_state(), ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+        net.load_state_dict(state["net"])
+    sync_bn = ctx.get_world_size() > 1 and device.type == "cuda"  # SyncBatchNorm needs CUDA
+    if sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    model = ray.train.torch.prepare_model(  # BatchNorm buffers stay per rank (`_average_buffers`)
+        net, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if checkpoint is not None:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    logger = _epoch_logger(cfg) if ctx.get_world_rank() == 0 else None
+    if logger and checkpoint is not None and not state["done"]:
+        logger.metrics({"resumed_from_epoch": state["epoch"]}, step=state["epoch"])
+    return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
+                Encoder(a_in, v_in, net, *dims), state,
+                loss_kwargs(cfg.tnn, classes, net_out_dim(cfg.tnn, classes)), logger,
+                checkpoint is not None, sync_bn)
+
+
+def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, device,
+                rows_seen=None) -> dict:
+    """One pass over this rank's shard through the global-batch loss; mean terms, samples/s.
+    `seed`: (train seed, epoch, rank). A NaN or inf output, loss or parameter stops the run
+    (`check_finite`) before the epoch's checkpoint, so the last checkpoint stays a good one."""
+    model.train()
+    sums, steps, start = {}, 0, time.perf_counter()
+    for batch in shard.iter_torch_batches(
+            batch_size=local_batch, drop_last=True, device=device,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=_seed(*seed) if shuffle_buffer else None):
+        out = model(batch["audio"], batch["visual"])
+        check_finite(seed[1], steps + 1, **out)
+        terms = tdist.global_batch_loss(out["audio_emb"], out["visual_emb"],
+                                        batch["label"].long(), rows=local_batch, **kwargs)
+        check_finite(seed[1], steps + 1, loss=terms["total"])
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        steps += 1
+        for key in ("total", "triplet", "cca"):
+            sums[key] = sums.get(key, 0.0) + float(terms[key].detach())
+        if rows_seen is not None and "row" in batch:
+            rows_seen.append(batch["row"].cpu().numpy())
+    check_finite(seed[1], steps, **dict(model.named_parameters()))  # before a checkpoint
+    seconds = time.perf_counter() - start
+    return {**{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
+            "train_s": seconds, "samples_per_s": steps * local_batch * tdist.world_size() / seconds}
+
+
+def _evaluate(run: _Run) -> dict:
+    """Rank 0 scores the whole validation (and, for curves, test) part; its validation MAP is
+    all-reduced so that every rank takes the same early-stopping decision."""
+    out = {}
+    if run.rank == 0:
+        out.update(_scores(run.encoder, run.inputs["val"], "val"))
+        if run.cfg.test_curve:
+            out.update(_scores(run.encoder, run.inputs["test"], "test"))
+    out["val_map"] = float(tdist.all_reduce_sum(torch.tensor(
+        out.get("val_map", 0.0), dtype=torch.float64, device=run.device)))
+    return out
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _scores(encoder: Encoder, held: Pairs, prefix: str) -> dict:
+    """Retrieval scores over the whole held-out part (on the CPU, where `Encoder.embed_*` run)."""
+    if any(p.device.type != "cpu" for p in encoder.parameters()):
+        encoder = copy.deepcopy(encoder).cpu()
+    s = cross_modal_scores(encoder.embed_audio(held.audio), encoder.embed_visual(held.visual),
+                           held.labels)
+    out = {f"{prefix}_{k}": float(s[k]) for k in ("a2v_map", "v2a_map", "mrr1_a2v", "mrr1_v2a")}
+    return {**out, f"{prefix}_map": 0.5 * (out[f"{prefix}_a2v_map"] + out[f"{prefix}_v2a_map"])}
+
+
+def _average_buffers(net: nn.Module) -> None:
+    with torch.no_grad():
+        for buf in net.buffers():
+            if buf.is_floating_point():
+                buf.copy_(tdist.all_reduce_sum(buf) / tdist.world_size())
+
+
+def _epoch_logger(cfg: TrainJobConfig):
+    if not (cfg.mlflow.enabled and cfg.mlflow.run_id and cfg.mlflow.tracking_uri):
+        return None
+    from tnn.tracking.runs import RunLogger
+    return RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.run_id)
+
+
+def _report(run: _Run, metrics: dict, selected: Encoder | None = None) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint. `selected`: the final
+    encoder (else the best epoch's so far); the final report keeps the last epoch's net."""
+    if run.rank != 0:
+        ray.train.report(metrics)
+        return
+    if selected is None:
+        run.state.update(net={k: v.detach().cpu() for k, v in run.net.state_dict().items()},
+                         optimizer=run.opt.state_dict(), rng=rng_state())
+        selected = _best_encoder(run.encoder, run.state)
+    name = f"epoch-{run.state['epoch']:04d}" + ("-final" if run.state["done"] else "")
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(d, run.state, to_dict(run.cfg), selected, run.cfg.tnn,
+                        run.inputs["num_classes"])
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=name)
+
+
+def _best_encoder(encoder: Encoder, state: dict) -> Encoder:
+    best = Encoder(encoder.audio_in, encoder.visual_in, copy.deepcopy(encoder.net),
+                   encoder.audio_dim, encoder.visual_dim)
+    if state["best_net"] is not None:
+        best.net.load_state_dict(state["best_net"])
+    return best
+
+
+def _finish(run: _Run) -> None:
+    """Restore the best epoch; the two-stage pipeline keeps its first stage alone when that
+    scores higher on validation (as `fit_tnn`); test-fold scores; the final report."""
+    state, encoder = run.state, run.encoder
+    final = {"epoch": state["epoch"], "done": 1, "best_epoch": state["best_epoch"]}
+    if run.rank == 0:
+        if state["best_net"] is not None:
+            run.net.load_state_dict(state["best_net"])
+        if run.cfg.tnn.pipeline == "two-stage":
+            first = Encoder(encoder.audio_in, encoder.visual_in, None, *run.inputs["dims"])
+            if _scores(first, run.inputs["val"], "val")["val_map"] >= state["best"]:
+                encoder = first
+        final.update(first_stage_only=int(encoder.net is None),
+                     **_scores(encoder, run.inputs["val"], "val"),
+                     **_scores(encoder, run.inputs["test"], "test"))
+        if run.logger:
+            run.logger.metrics({f"final_{k}": v for k, v in final.items()}, step=state["epoch"])
+    state.update(done=True, final=final)
+    _report(run, final, selected=encoder)
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+def worker_inputs(prep: Prepared) -> dict:
+    return {"audio_in": prep.audio_in, "visual_in": prep.visual_in, "dims": prep.dims,
+            "val": prep.val, "test": prep.test, "num_classes": prep.num_classes}
+
+
+def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
+        callbacks: list | None = None):
+    """Run (or resume) `cfg.run_name` on Ray Train; returns the `ray.train.Result`.
+    `callbacks`: Ray Train `UserCallback`s (e.g. Tune's `TuneReportCallback` in a trial)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    if not cfg.run_name:
+        raise ConfigError("fit needs a run_name (jobs.train picks one)")
+    local_batch = max(1, min(cfg.tnn.train.batch_size, prep.n_fit) // cfg.workers)
+    path, fs = storage_of(cfg.storage_path)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.report_poll_s))
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(cfg), "inputs": ray.put(worker_inputs(prep)),
+                           "local_batch": local_batch, "record_rows": record_rows},
+        torch_config=TorchConfig(backend=tdist.backend_for("cuda" if cfg.use_gpu else "cpu")),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run_name, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            callbacks=callbacks or None),
+        datasets={"fit": prep.fit})
+    return trainer.fit()
