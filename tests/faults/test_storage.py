@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jobs import make_shards
-from tests.outage import Outage
+from tests.faults.outage import Outage
 from tnn.data import shards
 from tnn.ray.dataset import read_pairs
 from tnn.errors import DataError

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 AWS, RAYCLUSTER, RAYJOB = CLUSTER / "aws.yaml", CLUSTER / "kuberay/raycluster.yaml", \
     CLUSTER / "kuberay/rayjob.yaml"

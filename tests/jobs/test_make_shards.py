@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jobs import make_shards
-from tests.test_sources import _write_clip_dir
+from tests.data.test_sources import _write_clip_dir
 from tnn.ray import dataset as data
 from tnn.data import shards
 from tnn.errors import DataError

@@ -36,7 +36,7 @@ import yaml
 
 from tnn.data.sources import load_source
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jobs import evaluate, promote
-from tests.test_promote import SPLIT, make_run
+from tests.jobs.test_promote import SPLIT, make_run
 from tnn.tracking import runs as tracking
 
 LAST = re.compile(r"evaluate: (\S+) on (\S+) fold (\d) \((\d+) clips\): a->v MAP ([0-9.]+) v->a MAP "

@@ -10,7 +10,7 @@ from tnn.data.sources import load_source, make_pairs, uci_mfeat
 from tnn.data.synthetic import iter_synthetic, synthetic, synthetic_labels
 from tnn.data.vegas import from_clip_dir, pool_clip
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_mfeat"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci_mfeat"
 
 
 def test_uci_default_pairing_and_shapes():

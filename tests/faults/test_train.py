@@ -150,7 +150,7 @@ def outage(s3_server, monkeypatch):
     checkpoint uploads: `tnn.train.run_state.storage_of`) talks to the forwarder."""
     from urllib.parse import urlsplit
 
-    from tests.outage import Outage
+    from tests.faults.outage import Outage
     proxy = Outage(urlsplit(s3_server).port)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

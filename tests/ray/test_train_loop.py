@@ -30,7 +30,7 @@ from tnn.methods.tnn import (
     run_epoch,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
 
 # --- config ----------------------------------------------------------------------------------

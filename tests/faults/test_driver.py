@@ -21,7 +21,7 @@ from tnn.data import storage
 from tnn.tracking import runs as tracking
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.timeout(300)]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAST = re.compile(r"train: test fold 0 a->v MAP [0-9.]+ v->a MAP [0-9.]+ \(mean ([0-9.]+)\) "
                   r"in \d+ s, run (\w+)$")
 EPOCHS = 6

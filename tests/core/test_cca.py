@@ -15,7 +15,7 @@ from tnn.core.cca import (
 )
 from tnn.errors import ConfigError, DataError
 
-UCI = Path(__file__).resolve().parents[2] / "shared/data/uci_mfeat"
+UCI = Path(__file__).resolve().parents[3] / "shared/data/uci_mfeat"
 
 
 def load_uci_view(name):
