@@ -5,7 +5,7 @@
     python -m bench.ingest --uri DIR_OR_S3_URI      # an existing shard set (no server started)
 
 Starts moto's S3 server on 127.0.0.1, writes synthetic VEGAS-width shards (128 + 1024 float32
-per row) with `jobs.make_shards`, starts a local Ray, then reads the whole set into (B, D)
+per row) with `tnn.data.write`, starts a local Ray, then reads the whole set into (B, D)
 float32 numpy batches with each reader, alternating their order in every repeat:
 
     raw GET             object bytes only (one GET per shard, no decode): the server ceiling
@@ -44,12 +44,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tnn.data.batches import as_arrays
 from tnn.ray import dataset as data
 from tnn.data import shards
 from tnn.data import storage
+from tnn.ray.session import TEST_HEAD_ENV as RAY_ENV
 
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def parse(argv) -> argparse.Namespace:
@@ -147,7 +147,7 @@ def readers(uri: str, args) -> tuple[dict, float]:
         "pyarrow ranged": lambda: consume(pyarrow_batches(uri, bs, False, 1)),
         "pyarrow whole": lambda: consume(pyarrow_batches(uri, bs, True, 1)),
         "pyarrow whole x2": lambda: consume(pyarrow_batches(uri, bs, True, args.num_cpus)),
-        "ray read_parquet": lambda: consume(data.as_arrays(b) for b in untuned.iter_batches(
+        "ray read_parquet": lambda: consume(as_arrays(b) for b in untuned.iter_batches(
             batch_size=bs, batch_format="numpy")),
         "tnn dataset": lambda: consume(data.iter_numpy(tnn, bs)),
         "tnn unchecked": lambda: consume(data.iter_numpy(unchecked, bs)),
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     if args.uri:
         print(json.dumps(run(args, args.uri)))
         return 0
-    from jobs.make_shards import write
+    from tnn.data.write import write
     with moto_server(), tempfile.TemporaryDirectory():
         storage.s3_client().create_bucket(Bucket="bench")
         uri, start = f"s3://bench/ingest-{args.rows}", time.perf_counter()

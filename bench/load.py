@@ -5,14 +5,15 @@
     python -m bench.load --rows 6000 --store-mb 80 --trials 0 --shuffle local   # as tests/
 
 Starts a local Ray with a small `object_store_memory` (and `trial_slot` resources = --slots),
-writes synthetic shards (`jobs.make_shards`; wide visual rows so that the bytes, not the row
-count, exceed the store), then runs `jobs.train` on them with the defaults (2 workers; the
-projected fit set is cached in the object store, so it spills) and a `jobs.tune` search with
-more trials than slots (each trial reads the whole set and keeps a subset). A thread samples
-every 0.25 s the RSS of this process and every process it started (Ray's included; shared
-pages are counted in each process that touches them) and the bytes used in /dev/shm above
-what was used before. Ray's spilling counters come from its memory summary. Prints a table
-and one JSON line.
+writes synthetic shards (`tnn.data.write`; wide visual rows so that the bytes, not the row
+count, exceed the store), then runs `python -m jobs.train` on them with the defaults (2
+workers; the projected fit set is cached in the object store, so it spills) and a
+`python -m jobs.tune` search with more trials than slots (each trial reads the whole set and
+keeps a subset); both jobs are subprocesses connected to this Ray (RAY_ADDRESS). A thread
+samples every 0.25 s the RSS of this process and every process it started (Ray's and the
+jobs' included; shared pages are counted in each process that touches them) and the bytes
+used in /dev/shm above what was used before. Ray's spilling counters come from its memory
+summary (`tnn.ray.compat.memory_summary`). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+from tnn.ray.session import TEST_HEAD_ENV as RAY_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(argv) -> argparse.Namespace:
@@ -109,15 +113,24 @@ def descendants(pid: int) -> list[int]:
 def spilled() -> dict:
     """Ray's cumulative spill / restore counters (MiB) from its memory summary."""
     import ray
-    from ray._private.internal_api import memory_summary
+
+    from tnn.ray.compat import memory_summary
     # this Ray's address: the default resolution may find another cluster's stale address file
-    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    text = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
     out = {}
     for key, pattern in (("spilled_mb", r"Spilled (\d+) MiB"),
                          ("restored_mb", r"Restored (\d+) MiB")):
         m = re.search(pattern, text)
         out[key] = int(m.group(1)) if m else 0
     return out
+
+
+def job(module: str, args: list[str]) -> int:
+    """`python -m jobs.<module> ARGS` connected to this process's Ray; its exit status."""
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.run([sys.executable, "-m", f"jobs.{module}", *args], cwd=ROOT,
+                          env=env).returncode
 
 
 def run(rows: int, visual_dim: int, store_mb: int, epochs: int, trials: int, slots: int,
@@ -127,7 +140,7 @@ def run(rows: int, visual_dim: int, store_mb: int, epochs: int, trials: int, slo
     import ray
     import yaml
 
-    from jobs import make_shards, train, tune
+    from tnn.data.write import write
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     result: dict = {"rows": rows, "visual_dim": visual_dim, "store_mb": store_mb,
@@ -141,7 +154,7 @@ def run(rows: int, visual_dim: int, store_mb: int, epochs: int, trials: int, slo
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False
         shards, t0 = out / "shards", time.perf_counter()
-        man = make_shards.write(f"synthetic:n={rows},visual_dim={visual_dim}", str(shards),
+        man = write(f"synthetic:n={rows},visual_dim={visual_dim}", str(shards),
                                 rows_per_shard=max(1000, rows // 8), log=lambda *a, **k: None)
         result["shard_mb"] = round(sum(p.stat().st_size for p in shards.iterdir()) / 2**20)
         result["write_s"] = round(time.perf_counter() - t0, 1)
@@ -151,8 +164,8 @@ def run(rows: int, visual_dim: int, store_mb: int, epochs: int, trials: int, slo
         sets = {"data": shards, "tnn.train.epochs": epochs, "storage_path": out / "runs",
                 "run_name": "load", "mlflow.tracking_uri": mlflow, **(train_sets or {})}
         t0 = time.perf_counter()
-        result["train_rc"] = train.main([a for k, v in sets.items()
-                                         for a in ("--set", f"{k}={v}")])
+        result["train_rc"] = job("train", [a for k, v in sets.items()
+                                           for a in ("--set", f"{k}={v}")])
         result["train_s"] = round(time.perf_counter() - t0, 1)
         result.update({f"after_train_{k}": v for k, v in spilled().items()})
         if trials:
@@ -164,9 +177,9 @@ def run(rows: int, visual_dim: int, store_mb: int, epochs: int, trials: int, slo
                             "grid": [round(0.1 * (i + 1), 2) for i in range(trials)]}],
                 "scheduler": {"name": "fifo"}}))
             t0 = time.perf_counter()
-            result["tune_rc"] = tune.main(["--space", str(space), "--experiment", "load-tune",
-                                           "--set", f"base.storage_path={out / 'tune'}",
-                                           "--tracking-uri", mlflow])
+            result["tune_rc"] = job("tune", ["--space", str(space), "--experiment", "load-tune",
+                                             "--set", f"base.storage_path={out / 'tune'}",
+                                             "--tracking-uri", mlflow])
             result["tune_s"] = round(time.perf_counter() - t0, 1)
         result.update(spilled())
     finally:

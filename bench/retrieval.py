@@ -5,8 +5,8 @@
     python -m bench.retrieval --index URI --tracking-uri URI     # search part only
 
 1. Starts moto's S3 server on 127.0.0.1, writes `synthetic:ROWS` feature shards to it
-   (`jobs.make_shards`), registers a cluster-CCA model fitted on a separate synthetic draw
-   (`jobs.embed.smoke_model`, a temp MLflow store).
+   (`tnn.data.write`), registers a cluster-CCA model fitted on a separate synthetic draw
+   (`tnn.tracking.registry.smoke_model`, a temp MLflow store).
 2. Runs `python -m jobs.embed` on the shards (a subprocess with its own local Ray) and samples
    the memory of its whole process tree (driver, raylet, read tasks, encoder actors) every
    0.2 s: peak RSS of the driver and of the largest process, peak private memory (RssAnon)
@@ -37,6 +37,7 @@ import numpy as np
 
 from tnn.serve import index as embedding_shards
 from tnn.serve import search as retrieval
+from tnn.serve.ivf import IVFIndex
 
 
 def parse(argv) -> argparse.Namespace:
@@ -158,7 +159,7 @@ def search_bench(index, queries: np.ndarray, args) -> dict:
     exact_rows, exact_scores = retrieval.exact_search(queries[:nref], gallery, k)
     ref_rows, ref_scores = brute_force(queries[:nref], gallery, k)
     same = (exact_rows == ref_rows).all(axis=1)
-    build_s, ivf = timed(lambda: retrieval.IVFIndex.build(gallery, args.nlist))
+    build_s, ivf = timed(lambda: IVFIndex.build(gallery, args.nlist))
     runs: dict[str, list[float]] = {}
     results = {}
     names = ["exact"] + [f"ivf nprobe {p}" for p in args.nprobe]
@@ -211,7 +212,7 @@ def queries_for(model: dict, n: int, tracking_uri: str) -> np.ndarray:
 
 def embed_once(rows: int, tracking_uri: str, args) -> tuple[dict, str]:
     """Write `synthetic:rows` feature shards to the S3 server and embed them (subprocess)."""
-    from jobs.make_shards import write
+    from tnn.data.write import write
     data, index_uri = f"s3://bench/features-{rows}", f"s3://bench/index-{rows}"
     seconds, _ = timed(lambda: write(f"synthetic:{rows}", data, rows_per_shard=25_000,
                                      log=lambda *a, **k: None))
@@ -228,7 +229,7 @@ def embed_once(rows: int, tracking_uri: str, args) -> tuple[dict, str]:
 
 def run_all(args, tmp: str) -> dict:
     from bench.ingest import moto_server
-    from jobs.embed import smoke_model
+    from tnn.tracking.registry import smoke_model
     from tnn.data import storage
     out: dict = {"rows": args.rows}
     with moto_server():

@@ -37,11 +37,11 @@ import time
 import numpy as np
 import torch
 
-from tnn.methods import _e2e_default
-from tnn.methods.tnn import build_net, input_maps, loss_kwargs, run_epoch
+from tnn.methods import e2e_default
+from tnn.methods.linear import input_maps
+from tnn.methods.tnn import build_net, loss_kwargs, run_epoch
+from tnn.ray.session import TEST_HEAD_ENV as RAY_ENV
 
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def parse(argv):
@@ -62,7 +62,7 @@ def parse(argv):
 
 def job_config(args, workers: int, **changes):
     from tnn.train.config import MLflowConfig, TrainJobConfig
-    tnn = _e2e_default()
+    tnn = e2e_default()
     tnn = dataclasses.replace(tnn, train=dataclasses.replace(tnn.train, epochs=args.epochs,
                                                              patience=args.epochs))
     return TrainJobConfig(data=f"synthetic:{args.n}", tnn=tnn, workers=workers, test_curve=False,
@@ -73,7 +73,7 @@ def job_config(args, workers: int, **changes):
 
 def plain(args) -> dict:
     """`run_epoch` as `fit_tnn` runs it, on the same split and input stage."""
-    from tnn.ray.prepare import split_in_memory
+    from tnn.train.plan import split_in_memory
     cfg = job_config(args, 1)
     fit, _, _ = split_in_memory(cfg)
     a_in, v_in = input_maps(fit, cfg.tnn.cca, project=False)
@@ -111,7 +111,7 @@ def phase_worker(config: dict) -> None:
     from tnn.train import distributed as tdist
     from tnn.core.losses import combined_loss
     torch.set_num_threads(1)
-    tnn, world = _e2e_default(), tdist.world_size()
+    tnn, world = e2e_default(), tdist.world_size()
     torch.manual_seed(0)
     net = build_net(tnn, torch.nn.Identity(), torch.nn.Identity(), _Widths())
     model = ray.train.torch.prepare_model(net)

@@ -25,7 +25,8 @@ import torch
 from tnn.core.losses import triplet_loss
 from tnn.methods import MethodsConfig
 from tnn.core.mining import batch_all
-from tnn.methods.tnn import build_net, input_maps, loss_kwargs, run_epoch
+from tnn.methods.linear import input_maps
+from tnn.methods.tnn import build_net, loss_kwargs, run_epoch
 from tnn.data.synthetic import synthetic
 
 

@@ -9,196 +9,28 @@
         python -m jobs.embed --model models:/tnn@champion --data s3://bucket/tnn/vegas \\
         --out s3://bucket/tnn/index/vegas --gpu --concurrency 4
 
-Ray Data streams the feature shards (`tnn.ray.dataset.dataset`; or an in-memory source such as
-`uci-mfeat`) through `map_batches` into actors that each hold the two pyfunc encoders
-(`tnn.tracking.registry.load_encoders`); the driver writes the embedded batches as they arrive
-(`tnn.serve.index.EmbeddingWriter`: atomic shards, the manifest last, naming the model
-name, alias, versions and run). Memory depends on the batch size and the object-store cap
-(`--object-store-mib`, blocks in flight), not on the gallery size. The model URI is
-resolved once on the driver and every actor checks that it loaded the same versions (an
-alias moved mid-job is refused).
-Prints progress lines and ends with `embed: wrote N rows (K-d) in S shards to OUT from
-NAME@ALIAS (audio vA, visual vV, run R) in T s, X clips/s`.
+Ray Data streams the data through encoder actors holding the two pyfunc encoders of the
+model (resolved once; an alias moved mid-job is refused) and the driver writes the index as
+the batches arrive, memory bounded by the batch size and --object-store-mib:
+`tnn.ray.embed.embed`. Prints progress lines and ends with `embed: wrote N rows (K-d) in S
+shards to OUT from NAME@ALIAS (audio vA, visual vV, run R) in T s, X clips/s`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
 
-import numpy as np
-
-from jobs.common import emit_error, init_ray, print_config
-from tnn.serve import index as embedding_shards
-from tnn.tracking import registry
-from tnn.serve import search as retrieval
-from tnn.tracking import runs as tracking
-from tnn.errors import ConfigError, DataError, TnnError
+from jobs.common import emit_error, print_config
+from tnn.errors import ConfigError, TnnError
+from tnn.ray.embed import EmbedConfig, embed, smoke_query
+from tnn.ray.session import init_ray, shutdown
+from tnn.serve.search import describe_model
+from tnn.tracking.registry import smoke_model
 
 JOB = "embed"
-PROGRESS_SECONDS = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedConfig:
-    model: str
-    """models:/NAME@ALIAS (NAME-audio and NAME-visual at that alias) or runs:/RUN_ID."""
-    data: str
-    """A feature shard URI (s3:// or a local shard directory) or any `load_source` spec."""
-    out: str
-    """Where the index goes: s3://bucket/prefix or a local directory."""
-    batch_size: int = 4096
-    """Rows per map_batches call (per actor call)."""
-    concurrency: int = 1
-    """Encoder actors (each holds both encoders)."""
-    num_cpus: float = 1.0
-    """CPUs per actor (torch uses this many threads)."""
-    read_cpus: float = 0.5
-    """CPUs per shard read task (0.5 keeps one CPU free for the actor on a 2-CPU node)."""
-    gpu: bool = False
-    """One GPU per actor; the exported encoder program runs on it."""
-    folds: tuple[int, ...] | None = None
-    """Shard data only: embed these folds (e.g. the held-out fold); None = all rows."""
-    object_store_mib: int = 512
-    """Cap on Ray Data's object-store use (blocks in flight), so memory does not follow the
-    gallery size (without it, reading ran ahead of the encoders: 1.4 GiB of object store at
-    400k clips); 0: Ray's default share of the object store."""
-    rows_per_shard: int = 250_000
-    overwrite: bool = False
-    tracking_uri: str | None = None
-    """MLflow store of the model (else $MLFLOW_TRACKING_URI, else ./runs/mlflow)."""
-
-    def __post_init__(self) -> None:
-        if not self.model.startswith(("models:/", "runs:/")):
-            raise ConfigError(f"--model {self.model!r}: expected models:/NAME@ALIAS or "
-                              "runs:/RUN_ID")
-        for name in ("batch_size", "concurrency", "rows_per_shard"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.object_store_mib < 0:
-            raise ConfigError(f"object_store_mib must be >= 0; got {self.object_store_mib}")
-        if not (self.num_cpus > 0 and self.read_cpus > 0):
-            raise ConfigError(f"num_cpus and read_cpus must be > 0; got {self.num_cpus}, "
-                              f"{self.read_cpus}")
-
-
-def embed_batch(batch: dict, audio, visual) -> dict:
-    """A numpy batch of features -> the index row layout (`audio`, `visual`: callables
-    (N, D) float32 -> (N, K) unit rows). A plain function: testable without Ray."""
-    return {"clip_id": np.asarray(batch["clip_id"]).astype(str),
-            "label": np.asarray(batch["label"], np.int32),
-            "audio_emb": np.asarray(audio(_floats(batch["audio"])), np.float32),
-            "visual_emb": np.asarray(visual(_floats(batch["visual"])), np.float32)}
-
-
-def _floats(x) -> np.ndarray:
-    return np.ascontiguousarray(np.stack(list(x)) if x.dtype == object else x, np.float32)
-
-
-class EncoderActor:
-    """Holds both pyfunc encoders of `model_uri`; refuses versions other than `expected`."""
-
-    def __init__(self, model_uri: str, tracking_uri: str, expected: dict, gpu: bool) -> None:
-        enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
-        if (enc.info["versions"], enc.info["run_id"]) != (expected["versions"],
-                                                          expected["run_id"]):
-            raise DataError(f"{model_uri} moved while embedding: the job started with "
-                            f"{retrieval.describe_model(expected)}, an actor loaded "
-                            f"{retrieval.describe_model(enc.info)}; run the job again")
-        self.audio, self.visual = (_on_gpu(m) if gpu else m.predict
-                                   for m in (enc.audio, enc.visual))
-
-    def __call__(self, batch: dict) -> dict:
-        return embed_batch(batch, self.audio, self.visual)
-
-
-def _on_gpu(model):
-    """The exported encoder program moved to CUDA, as a numpy -> numpy callable."""
-    import torch
-    module = model.unwrap_python_model().module.to("cuda")
-
-    @torch.no_grad()
-    def run(x: np.ndarray) -> np.ndarray:
-        return module(torch.from_numpy(x).to("cuda", non_blocking=True)).cpu().numpy()
-    return run
-
-
-def source_dataset(cfg: EmbedConfig):
-    """(Ray Dataset of clip_id/label/audio/visual, row count, class names, source string)."""
-    import ray.data
-
-    from tnn.ray import dataset as data
-    from tnn.data import shards
-    from tnn.data.sources import is_shard_uri, load_source
-    cols = ("clip_id", "label", "audio", "visual")
-    if is_shard_uri(cfg.data):
-        man = shards.read_manifest(cfg.data)
-        ds = data.dataset(cfg.data, columns=cols, folds=cfg.folds, num_cpus=cfg.read_cpus)
-        rows = man.rows if cfg.folds is None else None
-        return ds, rows, man.class_names, cfg.data
-    if cfg.folds is not None:
-        raise ConfigError(f"--folds needs shard data (fold ids are fixed at write time); "
-                          f"{cfg.data!r} is not a shard set")
-    p = load_source(cfg.data)
-    step = max(1, cfg.batch_size)
-    tables = [data.tensor_columns(shards.to_table(
-        p.audio[i:i + step], p.visual[i:i + step], p.labels[i:i + step],
-        p.clip_ids[i:i + step], np.zeros(min(step, p.n - i), np.int8)).select(list(cols)))
-        for i in range(0, p.n, step)]
-    return ray.data.from_arrow(tables), p.n, p.class_names, cfg.data
-
-
-def embed(cfg: EmbedConfig, log=print) -> embedding_shards.IndexManifest:
-    """Resolve the model, stream the data through the encoder actors, write the index; the
-    last log line gives the streaming time and rate (model loading and Ray start excluded)."""
-    uri = tracking.resolve(cfg.tracking_uri, tracking.DEFAULT_LOCAL_DIR)[0]
-    info = registry.load_encoders(cfg.model, tracking_uri=uri).info
-    log(f"{JOB}: model {retrieval.describe_model(info)}", flush=True)
-    import ray.data
-    ds, total, class_names, source = source_dataset(cfg)
-    out = ds.map_batches(EncoderActor, fn_constructor_args=(cfg.model, uri, info, cfg.gpu),
-                         batch_size=cfg.batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-                         num_cpus=cfg.num_cpus,
-                         num_gpus=1 if cfg.gpu else 0)
-    if cfg.object_store_mib:  # this dataset's own context: the process-wide one is untouched
-        opts = out.context.execution_options
-        opts.resource_limits = opts.resource_limits.copy(
-            object_store_memory=cfg.object_store_mib * 2**20)
-    start = last = time.perf_counter()
-    with embedding_shards.EmbeddingWriter(cfg.out, model=info, source=source,
-                                          class_names=class_names,
-                                          rows_per_shard=cfg.rows_per_shard,
-                                          overwrite=cfg.overwrite) as writer:
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-            writer.write(batch["clip_id"], batch["label"], batch["audio_emb"],
-                         batch["visual_emb"])
-            if time.perf_counter() - last >= PROGRESS_SECONDS:
-                last = time.perf_counter()
-                log(f"{JOB}: {writer.rows}/{total or '?'} rows, "
-                    f"{writer.rows / (last - start):.0f} clips/s", flush=True)
-    seconds = time.perf_counter() - start
-    log(f"{JOB}: streamed {writer.rows} rows in {seconds:.1f} s, "
-        f"{writer.rows / seconds:.0f} clips/s", flush=True)
-    return writer.manifest
-
-
-def smoke_model(tracking_uri: str, name: str = "tnn", data: str = "uci-mfeat",
-                alias: str = "champion") -> dict:
-    """Cluster-CCA fitted on `data`, logged and registered as NAME-audio / NAME-visual at
-    `alias` in `tracking_uri` (seconds): the model of the smoke mode, tests and bench."""
-    from tnn.methods.tnn import CCAConfig, fit_linear
-    from tnn.data.sources import load_source
-    p = load_source(data)
-    logger, _ = tracking.open_run(tracking_uri, "embed-smoke", f"{name}-smoke")
-    registry.log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))
-    versions = registry.register_encoders(logger.run_id, name, tracking_uri=tracking_uri)
-    registry.set_alias(name, alias, versions, tracking_uri=tracking_uri)
-    logger.finish()
-    return {"versions": versions, "run_id": logger.run_id}
 
 
 def parse_args(argv):
@@ -246,19 +78,14 @@ def main(argv=None) -> int:
             started = init_ray()
             man = embed(cfg)
             if args.smoke:
-                index = embedding_shards.load_index(cfg.out)
-                hits = index.search(index.emb["audio_emb"][:1], "audio", k=3)
-                print(f"{JOB}: smoke query {hits.clip_ids[0].tolist()} labels "
-                      f"{hits.labels[0].tolist()}", flush=True)
+                print(smoke_query(cfg.out), flush=True)
     except (TnnError, OSError) as err:
         return emit_error(JOB, err)
     finally:
-        if started:
-            import ray
-            ray.shutdown()
+        shutdown(started)
     seconds = time.perf_counter() - t0
     print(f"{JOB}: wrote {man.rows} rows ({man.audio_dim}-d) in {len(man.shards)} shards to "
-          f"{cfg.out} from {retrieval.describe_model(man.model)} in {seconds:.1f} s, "
+          f"{cfg.out} from {describe_model(man.model)} in {seconds:.1f} s, "
           f"{man.rows / seconds:.0f} clips/s", flush=True)
     return 0
 

@@ -9,7 +9,8 @@
 SOURCE is anything `tnn.data.sources.load_source` takes: `uci-mfeat[:A,B]`, `npz:PATH`,
 `vegas:DIR`, `synthetic:N` / `synthetic:n=N,seed=S,...` or a shard URI (re-shard). Folds are
 class-balanced, `assign_folds(labels, --folds, --seed)`, stored per row. Synthetic sets are
-streamed (labels first, then features chunk by chunk): memory does not grow with N.
+streamed (labels first, then features chunk by chunk): memory does not grow with N. The
+writing is `tnn.data.write.write`; this is its command line.
 
 Every shard is published atomically and the manifest only after all of them, so a crash
 leaves no manifest and readers refuse the half-written set. An existing data set (manifest or
@@ -23,7 +24,6 @@ Prints `make_shards: 40960/200000 rows, 11000 rows/s` progress lines and ends wi
 from __future__ import annotations
 
 import argparse
-import itertools
 import shutil
 import sys
 import tempfile
@@ -31,14 +31,11 @@ import time
 
 from jobs.common import emit_error
 from tnn.data import shards
-from tnn.errors import DataError, TnnError
-from tnn.core.folds import assign_folds
-from tnn.data.shard_writer import ShardWriter
-from tnn.data.sources import load_source
 from tnn.data.storage import StorageSettings
+from tnn.data.write import write
+from tnn.errors import DataError, TnnError
 
 JOB = "make_shards"
-PROGRESS_SECONDS = 2.0
 
 
 def parse_args(argv):
@@ -59,50 +56,6 @@ def parse_args(argv):
     ap.add_argument("--smoke", action="store_true",
                     help="2,000 synthetic rows to --out or a temp dir, then validate")
     return ap.parse_args(argv)
-
-
-def chunks(spec: str, k: int, seed: int, chunk_rows: int):
-    """(class names, rows, iterator of (audio, visual, labels, clip_ids, folds) chunks)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
-        from tnn.data.synthetic import iter_synthetic, parse_spec, synthetic_labels
-        kwargs = parse_spec(arg)
-        folds = assign_folds(synthetic_labels(**kwargs), k, seed)
-        parts = iter_synthetic(chunk_rows=chunk_rows, **kwargs)
-        first = next(parts)
-        stream = itertools.chain([first], parts)
-    else:
-        first = load_source(spec)
-        folds = assign_folds(first.labels, k, seed)
-        stream = (first.subset(slice(i, i + chunk_rows)) for i in range(0, first.n, chunk_rows))
-
-    def rows():
-        start = 0
-        for p in stream:
-            yield p.audio, p.visual, p.labels, p.clip_ids, folds[start:start + p.n]
-            start += p.n
-    return first.class_names, len(folds), rows()
-
-
-def write(spec: str, out: str, *, rows_per_shard: int = 25_000, folds: int = 5,
-          seed: int = 0, overwrite: bool = False, chunk_rows: int = 8192,
-          settings: StorageSettings | None = None, log=print) -> shards.Manifest:
-    """Write `spec` to `out` as shards + manifest, logging progress through `log`."""
-    if chunk_rows < 1:
-        raise DataError(f"--chunk-rows must be >= 1; got {chunk_rows}")
-    names, total, rows = chunks(spec, folds, seed, chunk_rows)
-    start = last = time.perf_counter()
-    with ShardWriter(out, class_names=names, folds=folds, fold_seed=seed, source=spec,
-                            rows_per_shard=rows_per_shard, overwrite=overwrite,
-                            settings=settings) as writer:
-        for chunk in rows:
-            writer.write(*chunk)
-            now = time.perf_counter()
-            if now - last >= PROGRESS_SECONDS:
-                log(f"{JOB}: {writer.rows}/{total} rows, "
-                    f"{writer.rows / (now - start):.0f} rows/s", flush=True)
-                last = now
-    return writer.manifest
 
 
 def run(args) -> str:

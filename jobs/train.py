@@ -13,7 +13,7 @@ The default method is tnn-e2e (`tnn.methods`), the default data the bundled uci-
 fold 0 as the test fold; the config is printed resolved at start and saved with the MLflow
 run (SQLite store under ./runs/mlflow unless MLFLOW_TRACKING_URI or mlflow.tracking_uri says
 otherwise), with the history plot, the encoder files and the two MLflow pyfunc encoders
-(`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.runs.log_checkpoint`) that
+(`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.registry.log_checkpoint`) that
 `jobs.promote` registers and `jobs.evaluate` scores. On a cluster, storage_path and the
 tracking URI must be reachable from every node (s3://, an MLflow server). The last line is
 `train: test fold 0 a->v MAP 0.xxxx v->a MAP 0.xxxx (mean 0.xxxx) in N s, run <mlflow run id>`.
@@ -27,12 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from jobs.common import emit_error, init_ray, print_config
+from jobs.common import emit_error, print_config
+from tnn.config import load, to_dict
+from tnn.errors import TnnError
+from tnn.ray.session import init_ray, shutdown
+from tnn.tracking import registry
 from tnn.tracking import runs as tracking
-from tnn.config import from_dict, merge, parse_overrides, to_dict
-from tnn.errors import ConfigError, TnnError
 
 JOB = "train"
 CONFIGS = Path(__file__).with_name("configs")
@@ -49,28 +49,13 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def _yaml(path) -> dict:
-    path = Path(path)
-    if not path.is_file() and (CONFIGS / path.name).is_file():
-        path = CONFIGS / path.name  # `--config two_stage.yaml` works from anywhere
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-
-
 def build_config(args):
     """Defaults <- smoke.yaml (--smoke) <- --config <- --data <- --set; a run name if none."""
-    from tnn.ray.train_loop import TrainJobConfig
-    layers = ([_yaml(CONFIGS / "smoke.yaml")] if args.smoke else []) + \
-        ([_yaml(args.config)] if args.config else [])
+    from tnn.train.config import TrainJobConfig
+    presets = ([CONFIGS / "smoke.yaml"] if args.smoke else []) + \
+        ([args.config] if args.config else [])
     sets = ([f"data={args.data}"] if args.data else []) + list(args.set)
-    resolved: dict = {}
-    for layer in layers + [parse_overrides(sets)]:
-        resolved = merge(resolved, layer)
-    cfg = from_dict(TrainJobConfig, resolved)
+    cfg = load(TrainJobConfig, presets, sets, search=CONFIGS)  # `--config two_stage.yaml`
     if not cfg.run_name:
         cfg = dataclasses.replace(cfg, run_name=time.strftime("tnn-train-%Y%m%d-%H%M%S"))
     return cfg
@@ -78,7 +63,7 @@ def build_config(args):
 
 def start_tracking(cfg):
     """Open (or reopen, for a resumed run name) the MLflow run; the config gets its id and URI."""
-    from tnn.ray.train_loop import read_run_info, write_run_info
+    from tnn.train.checkpoints import read_run_info, write_run_info
     if not cfg.mlflow.enabled:
         return cfg, None
     uri, artifacts = tracking.resolve(cfg.mlflow.tracking_uri, cfg.mlflow.local_dir)
@@ -104,11 +89,12 @@ def main(argv=None) -> int:
         cfg, logger = start_tracking(cfg)
         print_config(JOB, cfg)
         started = init_ray()
-        from tnn.ray.train_loop import fit, prepare
+        from tnn.ray.prepare import prepare
+        from tnn.ray.train_loop import fit
         result = fit(cfg, prepare(cfg))
         if logger:
             with result.checkpoint.as_directory() as d:
-                tracking.log_checkpoint(logger, d)
+                registry.log_checkpoint(logger, d)
             logger.finish("FINISHED")
     except TnnError as err:
         if logger:
@@ -123,9 +109,7 @@ def main(argv=None) -> int:
               f"{str(err).strip().splitlines()[-1]}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if started:
-            import ray
-            ray.shutdown()
+        shutdown(started)
     m = result.metrics
     print(f"{JOB}: test fold {cfg.test_fold} a->v MAP {m['test_a2v_map']:.4f} v->a MAP "
           f"{m['test_v2a_map']:.4f} (mean {m['test_map']:.4f}) in "

@@ -8,24 +8,21 @@
 - `ray_local`: the session's one Ray instance (`ray.init(address="local")`, 2 CPUs, a
   `trial_slot` resource of 2 for Tune's trial drivers, dashboard on 127.0.0.1 for the State API
   that Train/Tune need), started lazily by the first test that asks for it and again after a
-  module asked for `no_session_ray` (tests/test_job_submit.py does, to run a head of its
-  own). It depends on `s3_server` so Ray workers inherit the AWS environment. Never more
-  than one Ray per machine.
+  module asked for `no_session_ray` (tests/jobs/test_job_submit.py does, to run a head of its
+  own). It depends on `s3_server` so Ray workers inherit the AWS environment, and runs with
+  `tests.support.RAY_ENV`. Never more than one Ray per machine.
+Helpers that test modules import (paths, the moto server, process trees) are in tests/support.py.
 """
 
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support import RAY_ENV, start_moto, stop
 
 # The suite's models are small: one intra-op thread is faster than two spinning threads on the
 # 2-core CI machine, where the moto server and Ray workers share the cores.
@@ -33,8 +30,6 @@ torch.set_num_threads(1)
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
             "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
 BUCKET = "tnn-test"
 
 
@@ -44,45 +39,11 @@ def pytest_configure(config):
                             "ignore::DeprecationWarning:ray.data.context")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    exe = Path(sys.executable).with_name("moto_server")
-    for _ in range(3):  # the free port can be taken between probing and binding
-        port = _free_port()
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                return proc, endpoint
-            except OSError:
-                time.sleep(0.1)
-        _stop(proc)
-    raise RuntimeError(f"moto_server did not start; see {log}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """The endpoint URL of a moto S3 server; the AWS environment points at it meanwhile."""
     tmp = tmp_path_factory.mktemp("moto")
-    proc, endpoint = _start_moto(tmp / "moto.log")
+    proc, endpoint = start_moto(tmp / "moto.log")
     mp = pytest.MonkeyPatch()
     try:
         for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint,
@@ -94,7 +55,7 @@ def s3_server(tmp_path_factory):
         yield endpoint
     finally:
         mp.undo()
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

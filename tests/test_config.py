@@ -29,9 +29,29 @@ class Outer:
 def test_defaults_preset_and_overrides(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("epochs: 3\ninner:\n  hidden: [8, 4]\n")
-    cfg = load(Outer, preset, ["inner.lr=0.01", "smoke=true"])
+    cfg = load(Outer, [preset], ["inner.lr=0.01", "smoke=true"])
     assert cfg == Outer(epochs=3, smoke=True, inner=Inner(lr=0.01, hidden=(8, 4)))
     assert load(Outer) == Outer()
+
+
+def test_presets_apply_in_order_then_overrides(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("epochs: 3\ninner:\n  lr: 0.5\n  name: first\n")
+    second.write_text("epochs: 4\ninner:\n  name: second\n")
+    cfg = load(Outer, [first, second], ["epochs=5"])
+    assert cfg == Outer(epochs=5, inner=Inner(lr=0.5, name="second"))
+    assert load(Outer, [second, first]).inner == Inner(lr=0.5, name="first")
+    with pytest.raises(TypeError, match="list"):
+        load(Outer, str(first))
+
+
+def test_a_preset_is_found_by_name_in_the_search_folder(tmp_path, monkeypatch):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "p.yaml").write_text("epochs: 7\n")
+    monkeypatch.chdir(tmp_path)
+    assert load(Outer, ["elsewhere/p.yaml"], search=tmp_path / "presets").epochs == 7
+    with pytest.raises(ConfigError, match="config file not found: elsewhere/p.yaml"):
+        load(Outer, ["elsewhere/p.yaml"])
 
 
 def test_round_trip_and_flatten():
@@ -60,10 +80,10 @@ def test_override_syntax_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         parse_overrides(["novalue"])
     with pytest.raises(ConfigError, match="config file not found"):
-        load(Outer, tmp_path / "none.yaml")
+        load(Outer, [tmp_path / "none.yaml"])
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load(Outer, tmp_path / "bad.yaml")
+        load(Outer, [tmp_path / "bad.yaml"])
 
 
 @dataclasses.dataclass(frozen=True)

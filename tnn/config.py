@@ -1,6 +1,7 @@
 """Typed configs: frozen dataclass trees loaded from YAML presets plus `key.sub=value` overrides.
 
-A preset holds only what it changes; everything else keeps the dataclass default. Unknown
+`load(cls, presets, overrides)`: the dataclass defaults, then the presets in order, then the
+overrides. A preset holds only what it changes; everything else keeps the dataclass default. Unknown
 keys and values of the wrong type are refused with the full dotted key. `to_dict` gives the
 resolved config (printed at start, saved with runs); `flatten` gives `a.b.c -> value` pairs.
 """
@@ -126,15 +127,27 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of `cls`, then the YAML preset at `path`, then `overrides`."""
+def read_yaml(path: str | Path, search: str | Path | None = None) -> dict:
+    """One YAML preset as a dict; a `path` that does not exist is looked up by its file name in
+    `search` (so `--config two_stage.yaml` finds jobs/configs/two_stage.yaml from anywhere)."""
+    path = Path(path)
+    if not path.is_file() and search is not None and (Path(search) / path.name).is_file():
+        path = Path(search) / path.name
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+
+
+def load(cls: type[T], presets: list[str | Path] | None = None,
+         overrides: list[str] | None = None, *, search: str | Path | None = None) -> T:
+    """Defaults of `cls`, then each YAML preset of `presets` in order (each holds only what it
+    changes; `read_yaml`, looked up in `search` too), then the `key.sub=value` `overrides`."""
+    if isinstance(presets, (str, Path)):
+        raise TypeError("presets is a list of YAML files")
     data: dict = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    for preset in presets or []:
+        data = merge(data, read_yaml(preset, search))
     return from_dict(cls, merge(data, parse_overrides(overrides or [])))

@@ -1,10 +1,10 @@
 """tnn.core.cca: closed-form CCA / cluster-CCA against independent implementations and invariants."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.reference import cca as ref
+from tests.support import SHARED
 from tnn.core.cca import (
     CCAProjection,
     CCAStats,
@@ -15,7 +15,7 @@ from tnn.core.cca import (
 )
 from tnn.errors import ConfigError, DataError
 
-UCI = Path(__file__).resolve().parents[3] / "shared/data/uci_mfeat"
+UCI = SHARED / "data" / "uci_mfeat"
 
 
 def load_uci_view(name):

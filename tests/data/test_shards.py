@@ -12,11 +12,11 @@ from pyarrow import fs as pafs
 
 from tnn.data import shards
 from tnn.data import storage
-from tnn.ray.dataset import read_pairs
+from tnn.data.reader import read_pairs
 from tnn.errors import DataError
 from tnn.core.folds import assign_folds
 from tnn.data.shard_writer import ShardWriter, prepare_prefix
-from tnn.data.sources import make_pairs
+from tnn.data.pairs import make_pairs
 
 
 def _pairs(n=60, classes=3, seed=0):

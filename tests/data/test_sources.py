@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import SHARED
 from tnn.errors import ConfigError, DataError
-from tnn.data.sources import load_source, make_pairs, uci_mfeat
+from tnn.data.sources import load_source, uci_mfeat
 from tnn.data.synthetic import iter_synthetic, synthetic, synthetic_labels
 from tnn.data.vegas import from_clip_dir, pool_clip
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci_mfeat"
+UCI = SHARED / "data" / "uci_mfeat"
 
 
 def test_uci_default_pairing_and_shapes():
@@ -22,10 +23,10 @@ def test_uci_default_pairing_and_shapes():
     assert len(set(p.clip_ids)) == 2000 and p.num_classes == 10
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared UCI CSVs are not beside the checkout")
+@pytest.mark.skipif(not UCI.is_dir(), reason="the shared UCI CSVs are not beside the checkout")
 @pytest.mark.parametrize("view", ["fou", "fac", "kar", "pix", "zer", "mor"])
 def test_uci_bundle_equals_the_original_csv(view):
-    table = np.loadtxt(SHARED / f"mfeat-{view}.csv", delimiter=",", skiprows=1)
+    table = np.loadtxt(UCI / f"mfeat-{view}.csv", delimiter=",", skiprows=1)
     p = uci_mfeat(view, "pix" if view != "pix" else "fou")
     np.testing.assert_allclose(p.audio, table[:, :-1], rtol=2e-7, atol=0)
     assert np.array_equal(p.labels, table[:, -1].astype(int))
@@ -81,11 +82,6 @@ def test_npz_missing_or_corrupt_file(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="junk.npz: not a readable npz file"):
         load_source(f"npz:{tmp_path / 'junk.npz'}")
-
-
-def test_ragged_rows_are_refused():
-    with pytest.raises(DataError, match="'audio' is ragged"):
-        make_pairs([[1.0, 2.0], [3.0]], [[1.0], [2.0]], [0, 1])
 
 
 def _write_clip_dir(root: Path, n=12, quantised=True, names=False):

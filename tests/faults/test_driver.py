@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RAY_ENV
+from tests.support import RAY_ENV, ROOT, kill, live, tree
 from tnn.data import storage
 from tnn.tracking import runs as tracking
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.timeout(300)]
-ROOT = Path(__file__).resolve().parents[2]
 LAST = re.compile(r"train: test fold 0 a->v MAP [0-9.]+ v->a MAP [0-9.]+ \(mean ([0-9.]+)\) "
                   r"in \d+ s, run (\w+)$")
 EPOCHS = 6
@@ -47,54 +46,27 @@ def stored(runs: str, name: str) -> bool:
     return fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound
 
 
-def kill_after_checkpoint(cmd: list[str], runs: str, log: Path) -> tuple[list[int], float]:
+def kill_after_checkpoint(cmd: list[str], runs: str, log: Path) -> tuple[list, float]:
     """Start `cmd` in a new process group; once epoch 2's checkpoint is stored, SIGKILL the
-    group; return the pids of the driver and every process it had started (all gone by then)."""
+    group; return the driver and every process it had started (all gone by then)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    family: list[int] = []
+    family: list = []
     try:
         deadline = time.monotonic() + 200
         while not stored(runs, "epoch-0002/state.pt"):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint in time"
             time.sleep(0.1)
-        family = [proc.pid] + descendants(proc.pid)
+        family = tree(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         start = time.monotonic()
-        while any(map(running, family)) and time.monotonic() - start < 30:
+        while live(family) and time.monotonic() - start < 30:
             time.sleep(0.1)
-        return family, -1.0 if any(map(running, family)) else time.monotonic() - start
+        return family, -1.0 if live(family) else time.monotonic() - start
     finally:
-        for pid in filter(running, family or [proc.pid]):  # never leave one behind
-            os.kill(pid, signal.SIGKILL)
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def running(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")  # a zombie is dead, not yet reaped
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
-            children.setdefault(int(stat[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
+        kill(family or tree(proc.pid))  # never leave one behind
 
 
 def check_resumed(tmp_path: Path, runs: str, out: str, first_run_id: str) -> None:

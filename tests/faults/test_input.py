@@ -25,12 +25,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import crossval, make_shards, promote, train
-from tests.conftest import _free_port, _start_moto, _stop
+from tnn.data import write as shard_write
+from tests.support import free_port, start_moto, stop
 from tnn.train import checkpoints
 from tnn.tracking import registry
 from tnn.tracking import runs as tracking
-from tnn.methods.tnn import CCAConfig, TNNConfig, fit_linear
-from tnn.train.run_state import write_run_info
+from tnn.methods.linear import CCAConfig, fit_linear
+from tnn.methods.tnn import TNNConfig
+from tnn.train.checkpoints import write_run_info
 from tnn.data.sources import load_source
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -42,7 +44,7 @@ BAD_SHARDS = "synthetic:n=300,audio_dim=4,visual_dim=8"
 def kept(tmp_path_factory) -> Path:
     """The tree of things written before: shards, a checkpoint, MLflow runs and aliases, JSON."""
     root = tmp_path_factory.mktemp("kept")
-    make_shards.write("uci-mfeat", str(root / "shards"), rows_per_shard=700, **QUIET)
+    shard_write.write("uci-mfeat", str(root / "shards"), rows_per_shard=700, **QUIET)
     pairs = load_source(str(root / "shards"))
     encoder = fit_linear(pairs.subset(pairs.folds != 0), CCAConfig(dim=9), beta=0.2)
     ck = root / "runs" / "job" / "epoch-0001"
@@ -54,7 +56,7 @@ def kept(tmp_path_factory) -> Path:
     logger, _ = tracking.open_run(uri, "exp", "job", artifact_location=artifacts)
     logger.params({"data": "uci-mfeat"})
     logger.metrics({"final_val_map": 0.7})
-    tracking.log_checkpoint(logger, ck)
+    registry.log_checkpoint(logger, ck)
     logger.finish()
     versions = registry.register_encoders(logger.run_id, "m", tracking_uri=uri)
     registry.set_alias("m", "champion", versions, tracking_uri=uri)
@@ -84,7 +86,7 @@ def _npz(path: Path, edit=None) -> str:
 def _shards(path: Path, edit) -> str:
     """A valid 300-row shard set whose part-00001.parquet is then changed by `edit`."""
     path = path / "bad"
-    make_shards.write(BAD_SHARDS, str(path), rows_per_shard=100, **QUIET)
+    shard_write.write(BAD_SHARDS, str(path), rows_per_shard=100, **QUIET)
     part = path / "part-00001.parquet"
     edit(part)
     return str(path)
@@ -241,7 +243,7 @@ def test_bad_config_is_refused_and_nothing_written_changes(kept, capsys, monkeyp
 
 @pytest.mark.s3
 def test_an_unreachable_endpoint_is_refused_clearly(s3_bucket, monkeypatch, capsys):
-    port = _free_port()  # nobody listens there
+    port = free_port()  # nobody listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     out = f"{s3_bucket}/unreachable"
@@ -262,7 +264,7 @@ def auth_s3(tmp_path, monkeypatch):
     """A moto server that checks request signatures; yields (endpoint, access key id, secret)."""
     import boto3
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "5")  # the readiness probe + 4 below
-    proc, endpoint = _start_moto(tmp_path / "moto-auth.log")
+    proc, endpoint = start_moto(tmp_path / "moto-auth.log")
     try:
         kw = dict(endpoint_url=endpoint, region_name="us-east-1")
         iam = boto3.client("iam", **kw)
@@ -274,7 +276,7 @@ def auth_s3(tmp_path, monkeypatch):
         boto3.client("s3", **kw).create_bucket(Bucket="tnn-test")
         yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.mark.s3

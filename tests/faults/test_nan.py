@@ -81,13 +81,13 @@ def test_a_ray_run_that_overflows_stops_and_keeps_the_last_good_checkpoint(
         ray_local, tmp_path, capsys, monkeypatch, request):
     import ray.cloudpickle
 
-    from tnn.ray import train_loop
+    from tnn.ray import prepare as ray_prepare
     from tnn.train.checkpoints import load_encoder, load_state
     module = sys.modules[__name__]
     ray.cloudpickle.register_pickle_by_value(module)  # the transform goes by value
     request.addfinalizer(lambda: ray.cloudpickle.unregister_pickle_by_value(module))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    prepare = train_loop.prepare
+    prepare = ray_prepare.prepare
 
     def prepare_overflowing(cfg, log=print):
         prep = prepare(cfg, log)
@@ -96,7 +96,7 @@ def test_a_ray_run_that_overflows_stops_and_keeps_the_last_good_checkpoint(
             fn_kwargs={"counter": str(tmp_path / "rows"), "rows": 2 * prep.n_fit})
         return prep
 
-    monkeypatch.setattr(train_loop, "prepare", prepare_overflowing)
+    monkeypatch.setattr(ray_prepare, "prepare", prepare_overflowing)
     runs = tmp_path / "runs"
     sets = {"subset": 600, "workers": 1, "tnn.train.batch_size": 64, "tnn.train.epochs": 5,
             "storage_path": runs, "run_name": "job", "mlflow.local_dir": tmp_path / "mlflow"}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from jobs import promote, train, tune
-from tests.conftest import RAY_ENV
+from tests.support import RAY_ENV
 from tnn.data import storage
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.s3, pytest.mark.timeout(420)]

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from jobs import make_shards
+from tnn.data import write as shard_write
 from tests.faults.outage import Outage
 from tnn.data import shards
-from tnn.ray.dataset import read_pairs
+from tnn.data.reader import read_pairs
 from tnn.errors import DataError
 
 pytestmark = [pytest.mark.faults, pytest.mark.s3, pytest.mark.timeout(120)]
@@ -32,7 +33,7 @@ def outage(s3_server, monkeypatch):
 
 
 def _write(uri: str, **kw):
-    return make_shards.write(SOURCE, uri, rows_per_shard=400, folds=5, seed=0, **QUIET, **kw)
+    return shard_write.write(SOURCE, uri, rows_per_shard=400, folds=5, seed=0, **QUIET, **kw)
 
 
 def test_a_read_rides_out_a_10_s_outage(outage, s3_prefix):

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from jobs import train
+from tests.support import running
 from tnn.data import storage
 from tnn.tracking import runs as tracking
 from tnn.config import from_dict
@@ -100,14 +101,6 @@ class WorkerKiller(threading.Thread):
             os.kill(self.pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(300)
 def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path, capsys,
                                                              monkeypatch):
@@ -120,7 +113,7 @@ def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path
     seconds = time.perf_counter() - start
     killer.join(timeout=1)
     a2v, v2a, mean, run_id = last_line(capsys).groups()
-    assert len(killer.workers) == 2 and killer.pid is not None and not _alive(killer.pid)
+    assert len(killer.workers) == 2 and killer.pid is not None and not running(killer.pid)
 
     # one MLflow run, resumed once from the checkpoint of epoch 3 (or 2, if 3's was in flight)
     uri = tracking.resolve(None, tmp_path / "mlflow")[0]
@@ -147,7 +140,7 @@ def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path
 def outage(s3_server, monkeypatch):
     """The session's S3 server behind a forwarder the test can take down; the driver (which
     builds the pyarrow filesystem that Ray Train pickles to its controller and workers for
-    checkpoint uploads: `tnn.train.run_state.storage_of`) talks to the forwarder."""
+    checkpoint uploads: `tnn.train.checkpoints.storage_of`) talks to the forwarder."""
     from urllib.parse import urlsplit
 
     from tests.faults.outage import Outage

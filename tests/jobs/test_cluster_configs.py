@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER = REPO / "cluster"
+from tests.support import ROOT
+
+CLUSTER = ROOT / "cluster"
 AWS, RAYCLUSTER, RAYJOB = CLUSTER / "aws.yaml", CLUSTER / "kuberay/raycluster.yaml", \
     CLUSTER / "kuberay/rayjob.yaml"
 SECRETS = ("tnn-s3", "tnn-mlflow")
@@ -20,7 +21,7 @@ SECRET_NAME = re.compile(r"(?i).*(secret|password|passwd|token|access_key|creden
 
 
 def pinned_ray() -> str:
-    match = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', (REPO / "pyproject.toml").read_text())
+    match = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
     assert match, "pyproject.toml pins no ray[...]==X"
     return match.group(1)
 
@@ -142,7 +143,7 @@ def test_every_ray_version_in_cluster_files_is_the_pinned_one():
 def test_images_are_pinned_and_match_the_projects_python():
     pin = pinned_ray()
     lo, hi = re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"',
-                       (REPO / "pyproject.toml").read_text()).groups()
+                       (ROOT / "pyproject.toml").read_text()).groups()
     images = [load(AWS)["docker"]["image"],
               (CLUSTER / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]]
     images += [c["image"] for c in containers(load(RAYCLUSTER)["spec"])]
@@ -195,4 +196,4 @@ def test_cluster_readme_names_files_that_exist():
     paths = set(re.findall(r"\bcluster/[\w./-]+\.(?:yaml|md)\b|cluster/Dockerfile\b", text))
     assert paths
     for p in paths:
-        assert (REPO / p).is_file(), p
+        assert (ROOT / p).is_file(), p

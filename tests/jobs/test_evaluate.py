@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jobs import evaluate, promote
+from tnn.tracking import evaluation
 from tests.jobs.test_promote import SPLIT, make_run
 from tnn.tracking import runs as tracking
 
@@ -69,14 +70,14 @@ def test_evaluate_reproduces_the_training_runs_test_map(trained, capsys):
 
 
 def test_held_out_shards_is_the_training_split(tmp_path):
-    from jobs.make_shards import write
-    from tnn.ray.dataset import read_pairs
+    from tnn.data.write import write
+    from tnn.data.reader import read_pairs
     from tnn.core.folds import validation_split
     out = tmp_path / "shards"
     write("uci-mfeat", str(out), rows_per_shard=300, folds=5, seed=3, log=lambda *a, **k: None)
     pairs = read_pairs(str(out))
     for subset, fold in ((0, 2), (600, 4)):
-        got = evaluate.held_out({"data": str(out), "folds": 5, "seed": 1, "subset": subset,
+        got = evaluation.held_out({"data": str(out), "folds": 5, "seed": 1, "subset": subset,
                                  "test_fold": fold})
         ref = pairs if not subset else pairs.subset(
             validation_split(pairs.labels, subset / pairs.n, 1)[1])
@@ -93,22 +94,22 @@ def test_held_out_shards_is_the_training_split(tmp_path):
 def test_smoke_overrides_and_errors(tmp_path, capsys):
     from tnn.config import from_dict
     from tnn.train.config import TrainJobConfig
-    from tnn.ray.prepare import split_in_memory
+    from tnn.train.plan import split_in_memory
     store = f"sqlite:///{tmp_path}/mlflow.db"
     split = split_in_memory(from_dict(TrainJobConfig, SPLIT))
     run_id, _ = make_run(store, tmp_path, split, "lin", dim=9, beta=0.2)
     assert evaluate.main(["--run", run_id, "--tracking-uri", store, "--smoke", "--fold", "3"]) == 0
     m = _last(capsys)
-    assert m.group(3) == "3" and int(m.group(4)) == evaluate.SMOKE_CLIPS
+    assert m.group(3) == "3" and int(m.group(4)) == evaluation.SMOKE_CLIPS
     # a run without config.yaml: the split comes from its params
     uri, artifacts = tracking.resolve(store, ".")
     bare, _ = tracking.open_run(uri, "exp", "params-only", artifact_location=artifacts)
     bare.params({"data": "uci-mfeat", "folds": 5, "seed": 0, "test_fold": 1})
-    assert evaluate.split_of(bare.run_id, uri) == {"data": "uci-mfeat", "folds": 5, "seed": 0,
+    assert evaluation.split_of(bare.run_id, uri) == {"data": "uci-mfeat", "folds": 5, "seed": 0,
                                                    "test_fold": 1}
     empty, _ = tracking.open_run(uri, "exp", "nothing", artifact_location=artifacts)
     with pytest.raises(Exception, match="cannot tell which data"):
-        evaluate.split_of(empty.run_id, uri)
+        evaluation.split_of(empty.run_id, uri)
     assert evaluate.main(["--model", "models:/nobody@champion", "--tracking-uri", store]) == 2
     assert "no model version has alias 'champion'" in capsys.readouterr().err
     assert evaluate.main(["--run", empty.run_id, "--tracking-uri", store]) == 2

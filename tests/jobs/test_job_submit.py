@@ -8,9 +8,9 @@ where they come from Secrets or instance profiles. Jobs, each by the `ray job su
 `--working-dir .`: make_shards to S3 -> crossval on those shards; train --smoke on them ->
 promote -> embed with `models:/tnn@champion` -> query; a 2-trial tune. Each must reach
 SUCCEEDED and print its summary line; the MLflow runs and aliases they made are read back from
-the SQLite store. At the end the head and every process under it are
-stopped by pid and checked gone with ps. The session's in-process Ray is shut down first
-(`no_session_ray`: one Ray per machine) and comes back for later tests.
+the SQLite store. At the end the head and every process under it are stopped by pid and
+checked gone (psutil). The session's in-process Ray is shut down first (`no_session_ray`: one
+Ray per machine) and comes back for later tests.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,11 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.support import RAY_ENV, ROOT, free_ports, live, stop, tree
 from tnn.data.sources import load_source
 
-REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
-RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+RUNTIME_ENV = ROOT / "cluster" / "runtime_env.yaml"
 # What a cluster's nodes would not have in their environment; the jobs must get it by runtime_env.
 JOB_ONLY = re.compile(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|ENDPOINT_URL.*|REGION|"
                       r"DEFAULT_REGION|PROFILE)|MLFLOW_.*")
@@ -56,61 +53,14 @@ class Head:
     timings: dict = field(default_factory=dict)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _ps() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, session id, state) of every process, from ps."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,sid=,stat="], capture_output=True, text=True,
-                         check=True).stdout
-    return {int(p): (int(pp), int(s), st) for p, pp, s, st in (ln.split() for ln in out.splitlines())}
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (so a reused pid is never mistaken for ours)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
-
-
-def _tree(root: int) -> dict[int, str | None]:
-    """`root`, its session (Ray workers sit in process groups of their own) and everything
-    below them (job drivers run in sessions of their own), with their start times."""
-    procs = _ps()
-    found = {root} | {p for p, (_, sid, _) in procs.items() if sid == root}
-    while new := {p for p, (pp, _, _) in procs.items() if pp in found} - found:
-        found |= new
-    return {p: _start_time(p) for p in found}
-
-
-def _live(pids: dict[int, str | None], root: int) -> list[int]:
-    """Of `pids` (or new members of `root`'s session), those still running (zombies are dead)."""
-    procs = _ps()
-    return sorted(p for p, (_, sid, st) in procs.items() if not st.startswith("Z") and (
-        (p in pids and _start_time(p) == pids[p]) or sid == root))
-
-
 def _stop_head(proc: subprocess.Popen) -> list[int]:
     """SIGTERM to `ray start --block` (it stops its processes), SIGKILL to any left; returns
-    the pids still running after that (expected: none)."""
-    pids = _tree(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    the pids still running after that (expected: none). Ray workers sit in process groups of
+    their own and job drivers in sessions of their own: the head's session and all below it."""
+    procs = tree(proc.pid, session=True)
+    stop(proc, timeout=30)
     deadline = time.monotonic() + 15
-    while (left := _live(pids, proc.pid)) and time.monotonic() < deadline:
+    while (left := live(procs, proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in left:
         try:
@@ -118,7 +68,7 @@ def _stop_head(proc: subprocess.Popen) -> list[int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while (left := _live(pids, proc.pid)) and time.monotonic() < deadline:
+    while (left := live(procs, proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
@@ -137,7 +87,7 @@ def head(no_session_ray, s3_server, request):
     """A Ray head on 127.0.0.1 for this module; stopped, with all its processes, at the end."""
     # A short temp dir: Ray's socket paths under it must fit in 107 characters.
     tmp = Path(tempfile.mkdtemp(prefix="tnn-ray-", dir="/tmp"))
-    gcs, dashboard, client, agent = _free_ports(4)
+    gcs, dashboard, client, agent = free_ports(4)
     start = time.perf_counter()
     proc = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
@@ -188,7 +138,7 @@ def submit(h: Head, name: str, args: list[str], env_vars: dict | None = None,
             [str(RAY), "job", "submit", "--address", h.address, "--submission-id", sid,
              "--runtime-env-json", json.dumps(runtime_env), "--working-dir", ".", "--",
              "python", "-m", f"jobs.{name}", *args],
-            cwd=REPO, env={**os.environ, **RAY_ENV}, capture_output=True, text=True,
+            cwd=ROOT, env={**os.environ, **RAY_ENV}, capture_output=True, text=True,
             timeout=timeout)
     except subprocess.TimeoutExpired:
         JobSubmissionClient(h.address).stop_job(sid)

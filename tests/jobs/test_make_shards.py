@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jobs import make_shards
+from tnn.data import write as shard_write
 from tests.data.test_sources import _write_clip_dir
 from tnn.ray import dataset as data
 from tnn.data import shards
@@ -41,12 +42,12 @@ def _assert_same(got, want, folds):
 def test_every_source_round_trips_through_s3_bit_for_bit(tmp_path, s3_bucket, ray_local):
     for kind, spec in _sources(tmp_path).items():
         uri = f"{s3_bucket}/round-trip/{kind}"
-        man = make_shards.write(spec, uri, rows_per_shard=3000, chunk_rows=1000, folds=3,
+        man = shard_write.write(spec, uri, rows_per_shard=3000, chunk_rows=1000, folds=3,
                                 seed=5, **QUIET)
         want = load_source(spec)
         folds = assign_folds(want.labels, 3, 5)
         assert man.rows == want.n and man.class_names == want.class_names
-        back = load_source(uri)  # -> tnn.ray.dataset.read_pairs
+        back = load_source(uri)  # -> tnn.data.reader.read_pairs
         _assert_same({"audio": back.audio, "visual": back.visual, "label": back.labels,
                       "fold": back.folds, "clip_id": back.clip_ids}, want, folds)
         rows = [b for b in data.iter_numpy(data.dataset(uri), batch_size=777)]
@@ -63,7 +64,7 @@ def test_reshard_a_local_set_and_help(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         make_shards.main(["--help"])
     assert exit_.value.code == 0 and "ray job submit" not in capsys.readouterr().err
-    make_shards.write("uci-mfeat", str(tmp_path / "a"), rows_per_shard=700, folds=4, **QUIET)
+    shard_write.write("uci-mfeat", str(tmp_path / "a"), rows_per_shard=700, folds=4, **QUIET)
     assert make_shards.main(["--source", str(tmp_path / "a"), "--out", str(tmp_path / "b"),
                              "--folds", "4", "--rows-per-shard", "1000"]) == 0
     a, b = load_source(str(tmp_path / "a")), load_source(str(tmp_path / "b"))
@@ -83,7 +84,7 @@ def test_smoke(capsys):
 @pytest.mark.timeout(60)
 def test_refusal_crash_overwrite_and_no_secret_in_output(s3_prefix, monkeypatch, capsys):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setattr(make_shards, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(shard_write, "PROGRESS_SECONDS", 0.0)
     argv = ["--source", "synthetic:n=3000,visual_dim=16", "--out", s3_prefix,
             "--rows-per-shard", "1000", "--chunk-rows", "500"]
     assert make_shards.main(argv) == 0
@@ -116,7 +117,7 @@ def test_refusal_crash_overwrite_and_no_secret_in_output(s3_prefix, monkeypatch,
 
 def _peak_bytes(tmp_path, n: int) -> int:
     tracemalloc.start()
-    make_shards.write(f"synthetic:n={n},audio_dim=8,visual_dim=64", str(tmp_path / str(n)),
+    shard_write.write(f"synthetic:n={n},audio_dim=8,visual_dim=64", str(tmp_path / str(n)),
                       rows_per_shard=20_000, chunk_rows=4096, **QUIET)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -134,7 +135,7 @@ def test_synthetic_writing_is_streamed(tmp_path):
 @pytest.mark.timeout(120)
 def test_crossval_uses_the_stored_folds(s3_prefix, tmp_path):
     from jobs import crossval
-    make_shards.write("uci-mfeat", s3_prefix, folds=3, seed=4, **QUIET)
+    shard_write.write("uci-mfeat", s3_prefix, folds=3, seed=4, **QUIET)
     for name, argv in (("s3", ["--data", s3_prefix]), ("mem", ["--data", "uci-mfeat",
                                                              "--seed", "4"])):
         assert crossval.main(argv + ["--methods", "cca", "--folds", "3", "--dim", "8",

@@ -10,12 +10,14 @@ import re
 import numpy as np
 import pytest
 
-from jobs import evaluate, promote
+from jobs import promote
+from tnn.tracking import evaluation, promotion
 from tnn.train import checkpoints
 from tnn.tracking import registry
 from tnn.tracking import runs as tracking
 from tnn.core.metrics import cross_modal_scores
-from tnn.methods.tnn import CCAConfig, TNNConfig, fit_linear
+from tnn.methods.linear import CCAConfig, fit_linear
+from tnn.methods.tnn import TNNConfig
 
 SPLIT = {"data": "uci-mfeat", "folds": 5, "seed": 0, "subset": 0, "test_fold": 0}
 LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(audio v(\d+), visual "
@@ -27,7 +29,7 @@ LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(audi
 def split():
     from tnn.config import from_dict
     from tnn.train.config import TrainJobConfig
-    from tnn.ray.prepare import split_in_memory
+    from tnn.train.plan import split_in_memory
     fit, val, test = split_in_memory(from_dict(TrainJobConfig, SPLIT))
     return fit, val, test
 
@@ -55,7 +57,7 @@ def make_run(store, tmp_path, split, name, *, dim, beta, val_map=None, experimen
     logger.config({**SPLIT, "tnn": {"pipeline": "two-stage"}})
     logger.metrics({"final_val_map": maps["val"] if val_map is None else val_map,
                     "final_test_map": maps["test"]})
-    tracking.log_checkpoint(logger, ck)
+    registry.log_checkpoint(logger, ck)
     logger.finish()
     return logger.run_id, maps["test"]
 
@@ -80,7 +82,7 @@ def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsy
     assert m.group(1) == "promoted" and m.group(5) == mid and m.group(6) == "none"
     assert champion(store) == {"audio": "1", "visual": "1"}
     assert float(m.group(4)) == pytest.approx(mid_map, abs=1e-4)
-    out = evaluate.evaluate("models:/m@champion", tracking_uri=store, log=lambda s: None)
+    out = evaluation.evaluate("models:/m@champion", tracking_uri=store, log=lambda s: None)
     assert out["info"]["run_id"] == mid and out["info"]["versions"] == {"audio": "1", "visual": "1"}
     assert out["scores"]["map"] == pytest.approx(mid_map, abs=1e-6)
 
@@ -156,14 +158,14 @@ def test_best_run_is_searched_among_tuning_children(store, tmp_path, split, caps
              parent=parent.run_id)
     child, _ = make_run(store, tmp_path, split, "trial-b", dim=9, beta=0.2, experiment=exp,
                         parent=parent.run_id)
-    assert promote.best_run(uri, exp, "final_val_map").info.run_id == child
+    assert promotion.best_run(uri, exp, "final_val_map").info.run_id == child
     with pytest.raises(Exception, match="no FINISHED run with metric 'nope'"):
-        promote.best_run(uri, exp, "nope")
+        promotion.best_run(uri, exp, "nope")
     assert promote.main(["--experiment", "missing", "--tracking-uri", store]) == 2
     assert "experiment 'missing' not found" in capsys.readouterr().err
 
 
 def test_decide():
-    assert promote.decide(0.8, None, 0.1) == (True, "there was no champion")
-    assert promote.decide(0.8, 0.7, 0.05)[0] and not promote.decide(0.8, 0.7, 0.15)[0]
-    assert not promote.decide(0.7, 0.7, 0.0)[0]  # a tie keeps the champion
+    assert promotion.decide(0.8, None, 0.1) == (True, "there was no champion")
+    assert promotion.decide(0.8, 0.7, 0.05)[0] and not promotion.decide(0.8, 0.7, 0.15)[0]
+    assert not promotion.decide(0.7, 0.7, 0.0)[0]  # a tie keeps the champion

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jobs import query
-from tests.reference import retrieval as ref
+from tnn.tracking import query as tracking_query
+from tests.reference import search as ref
 from tnn.serve import index as es
 from tnn.serve import search as retrieval
 
@@ -85,7 +86,8 @@ def test_smoke(capsys):
 @pytest.fixture(scope="module")
 def registered_index(tmp_path_factory):
     """uci-mfeat embedded (without Ray) by c-cca registered as tnn@champion in a temp store."""
-    from jobs.embed import embed_batch, smoke_model
+    from tnn.ray.embed import embed_batch
+    from tnn.tracking.registry import smoke_model
     from tnn.tracking import registry
     from tnn.data.sources import load_source
     tmp = tmp_path_factory.mktemp("registered")
@@ -102,7 +104,7 @@ def registered_index(tmp_path_factory):
 
 
 def test_raw_features_are_embedded_and_models_checked(registered_index, capsys):
-    from jobs.embed import smoke_model
+    from tnn.tracking.registry import smoke_model
     uri, tmp, p, enc, rows = registered_index
     np.save(tmp / "sounds.npy", p.audio[:3])
     np.save(tmp / "narrow.npy", p.audio[:3, :75])
@@ -115,7 +117,7 @@ def test_raw_features_are_embedded_and_models_checked(registered_index, capsys):
         assert [[h["clip_id"] for h in hits] for hits in doc["results"]] == \
             p.clip_ids[want].tolist()
     assert doc["model"]["versions"] == {"audio": "1", "visual": "1"}
-    hits = query.query(str(tmp / "index"), p.visual[:2], "visual", 3, tracking_uri=uri)
+    hits = tracking_query.query(str(tmp / "index"), p.visual[:2], "visual", 3, tracking_uri=uri)
     np.testing.assert_array_equal(
         hits.rows, ref.topk(enc.visual.predict(p.visual[:2]), rows["audio_emb"], 3)[0])
     assert query.main(base + ["--audio", str(tmp / "narrow.npy")]) == 2

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from jobs import train
-from jobs.make_shards import write
+from tnn.data.write import write
 from tnn.data import storage
 from tnn.tracking import runs as tracking
 from tnn.train.checkpoints import load_encoder
-from tnn.ray.dataset import read_pairs
+from tnn.data.reader import read_pairs
 from tnn.core.folds import split
 from tnn.core.metrics import cross_modal_scores
 from tnn.methods.tnn import fit_tnn
-from tnn.ray.train_loop import TrainJobConfig
+from tnn.train.config import TrainJobConfig
 
 LAST = re.compile(r"train: test fold 0 a->v MAP ([0-9.]+) v->a MAP ([0-9.]+) \(mean ([0-9.]+)\) "
                   r"in \d+ s, run (\w+)$")

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from tnn.methods.baselines import BASELINES, BaselinesConfig
+from tnn.methods import BASELINES, BaselinesConfig
 from tnn.methods.dcca import DCCAConfig, correlation_loss, train_net, validation_map
 from tnn.core.cca import CCAStats, fit_cca
 from tnn.errors import ConfigError
 from tnn.core.cca_loss import dcca_loss
 from tnn.core.model import TwoBranchNet
-from tnn.methods.tnn import CCAConfig
-from tnn.data.sources import make_pairs
+from tnn.methods.linear import CCAConfig
+from tnn.data.pairs import make_pairs
 
 SMALL = DCCAConfig(hidden=(16,), epochs=4, batch_size=40, lr=1e-2, optimizer="adam")
 

@@ -8,12 +8,12 @@ import torch
 
 from tests.reference import cca as ref_cca
 from tests.reference import kcca as ref
-from tnn.methods.baselines import BASELINES, BaselinesConfig
+from tnn.methods import BASELINES, BaselinesConfig
 from tnn.methods.kcca import KCCAConfig, fit_kernel_cca, median_distance
 from tnn.config import from_dict
 from tnn.errors import ConfigError
-from tnn.methods.tnn import CCAConfig, fit_linear
-from tnn.data.sources import make_pairs
+from tnn.methods.linear import CCAConfig, fit_linear
+from tnn.data.pairs import make_pairs
 
 
 def views(n=48, classes=4, seed=0):

@@ -1,18 +1,16 @@
-"""The two TNN pipelines and linear (cluster-)CCA as encoders, trained in one process."""
+"""The two TNN pipelines as encoders, trained in one process (linear CCA: test_linear.py)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from tnn.core.cca import CCAStats, fit_cca
-from tnn.core.encoder import Encoder, Ensemble, standardizer
-from tnn.errors import ConfigError, DataError
+from tnn.core.encoder import Encoder, Ensemble
+from tnn.errors import ConfigError
 from tnn.core.folds import validation_split
 from tnn.core.metrics import cross_modal_scores
-from tnn.methods.tnn import (CCAConfig, TNNConfig, TrainConfig, fit_linear, fit_tnn, input_maps,
-                           validation_map)
+from tnn.methods.linear import CCAConfig, fit_linear, input_maps
+from tnn.methods.tnn import TNNConfig, TrainConfig, fit_tnn, validation_map
 from tnn.data.sources import load_source
 
 QUIET = lambda s: None  # noqa: E731
@@ -27,18 +25,6 @@ def uci():
 def small(pipeline="two-stage", **train):
     return TNNConfig(pipeline=pipeline, preset="paper" if pipeline == "two-stage" else "wide_bn",
                      train=TrainConfig(epochs=3, batch_size=128, **train))
-
-
-def test_linear_encoder_equals_closed_form_projection(uci):
-    enc = fit_linear(uci, CCAConfig(dim=5), beta=0.2)
-    std_a, std_v = standardizer(uci.audio), standardizer(uci.visual)
-    with torch.no_grad():
-        za, zv = std_a(torch.from_numpy(uci.audio)).double(), std_v(torch.from_numpy(uci.visual)).double()
-    proj = fit_cca(CCAStats.from_arrays(za.numpy(), zv.numpy(), uci.labels, 10), 5, ridge=1e-3, beta=0.2)
-    expect = proj.transform_audio(za.numpy())
-    expect /= np.linalg.norm(expect, axis=1, keepdims=True)
-    np.testing.assert_allclose(enc.embed_audio(uci.audio), expect, atol=2e-5)
-    assert np.allclose(np.linalg.norm(enc.embed_visual(uci.visual), axis=1), 1, atol=1e-5)
 
 
 def test_e2e_trains_deterministically_with_cca_dim_output(uci):
@@ -77,12 +63,6 @@ def test_ensemble_cosine_is_the_mean_of_member_cosines(uci):
     mean_sim = np.mean([m.embed_audio(uci.audio[:20]) @ m.embed_visual(uci.visual[:20]).T
                         for m in members], axis=0)
     np.testing.assert_allclose(a @ v.T, mean_sim, atol=1e-5)
-
-
-def test_encoder_refuses_wrong_width(uci):
-    enc = fit_linear(uci, CCAConfig(dim=3), beta=1.0)
-    with pytest.raises(DataError, match=r"audio features must have shape \(N, 76\); got \(2, 5\)"):
-        enc.embed_audio(np.zeros((2, 5)))
 
 
 def test_config_errors():

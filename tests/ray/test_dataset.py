@@ -1,13 +1,12 @@
-"""Reading shards: the Ray Dataset reader on the S3 server, and its plain batch functions."""
-
-import zlib
+"""Reading shards: the Ray Dataset reader on the S3 server (its plain row and batch functions:
+`tests/data/test_reader.py`, `tests/data/test_batches.py`)."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.make_shards import write
+from tnn.data.write import write
 from tnn.ray import dataset as data
 from tnn.data import shards
 from tnn.errors import ConfigError, DataError
@@ -113,40 +112,6 @@ def test_cached_dataset_matches(ray_local, mfeat_s3):
     assert np.array_equal(rows["visual"], src.visual[keep])
 
 
-def test_shard_tables_filter_and_shuffle_without_ray(tmp_path):
-    uri = str(tmp_path / "d")
-    write("synthetic:n=5000,visual_dim=8,audio_dim=4", uri, rows_per_shard=5000, chunk_rows=1000,
-          folds=4, log=lambda *a, **k: None)
-    man = shards.read_manifest(uri)
-    pf = pq.ParquetFile(tmp_path / "d" / "part-00000.parquet")
-    run = lambda **kw: _collect(data.table_to_numpy(t) for t in data.shard_tables(  # noqa: E731
-        pf, man, "x/part-00000.parquet", **kw))
-    plain = run(columns=("clip_id", "audio", "fold"))
-    assert pf.num_row_groups == 2 and plain["audio"].shape == (5000, 4)
-    assert np.array_equal(plain["audio"], shards.matrix(pf.read()["audio"]))
-    tables = list(data.shard_tables(pf, man, "x", ("visual", "label")))
-    table = tables[0]  # one table, single-chunk columns: Ray slices it into batches, no copy
-    assert len(tables) == 1 and all(c.num_chunks == 1 for c in table.columns)
-    assert str(table.schema.field("visual").type).startswith("extension<arrow.fixed_shape_tensor")
-    sub = run(columns=("clip_id",), keep_folds=frozenset({1, 2}))
-    assert set(sub) == {"clip_id"} and sorted(sub["clip_id"]) == sorted(
-        plain["clip_id"][np.isin(plain["fold"], [1, 2])])
-    s1, s2 = run(columns=("clip_id",), seed=3), run(columns=("clip_id",), seed=4)
-    assert list(s1["clip_id"]) == list(run(columns=("clip_id",), seed=3)["clip_id"])
-    assert list(s1["clip_id"]) != list(s2["clip_id"]) != list(plain["clip_id"])
-    assert sorted(s1["clip_id"]) == sorted(plain["clip_id"])
-    # reference: row groups in a seeded order, the kept rows of each permuted
-    rng = np.random.default_rng([3, zlib.crc32(b"part-00000.parquet")])
-    keep, order = np.isin(plain["fold"], [0, 3]), []
-    row0s = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(2)])
-    for g in rng.permutation(2):
-        rows = np.arange(row0s[g], row0s[g + 1])
-        rows = rows[keep[rows]]
-        order.extend(rows[rng.permutation(len(rows))])
-    mixed = run(columns=("clip_id", "fold"), seed=3, keep_folds=frozenset({0, 3}))
-    assert list(mixed["clip_id"]) == list(plain["clip_id"][order])
-
-
 def test_ray_data_sees_its_cpus_quickly():
     """Ray Data reads its resource limits one RPC late and refreshes them every second; until
     then it runs one read task at a time. `dataset` shortens the refresh; if a Ray upgrade
@@ -154,16 +119,3 @@ def test_ray_data_sees_its_cpus_quickly():
     from ray.data._internal.execution.resource_manager import ResourceManager
     assert data.refresh_limits_often()
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= data.LIMITS_REFRESH_S
-
-
-def test_as_arrays_and_fold_filter():
-    batch = {"audio": np.empty(2, dtype=object), "label": np.array([1, 2], np.int32)}
-    batch["audio"][0], batch["audio"][1] = np.ones(3), np.zeros(3)  # rows as object arrays
-    out = data.as_arrays(batch)
-    assert out["audio"].shape == (2, 3) and out["audio"].dtype == np.float32
-    assert out["label"].dtype == np.int64
-    man = shards.Manifest(4, 8, ("a", "b"), (("p", 10),), folds=5, fold_seed=0)
-    assert data.fold_filter(man) is None
-    assert data.fold_filter(man, exclude_folds=[4]) == {0, 1, 2, 3}
-    with pytest.raises(ConfigError, match=r"folds \[-1\] out of range"):
-        data.fold_filter(man, folds=[-1])

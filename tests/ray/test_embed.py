@@ -4,7 +4,8 @@ small gallery (shards on S3 and an in-memory source) under the session Ray."""
 import numpy as np
 import pytest
 
-from jobs import embed
+from jobs import embed as embed_job
+from tnn.ray import embed
 from tnn.serve import index as es
 from tnn.tracking import registry
 from tnn.errors import ConfigError, DataError
@@ -39,7 +40,7 @@ def test_config_refusals(fields, message):
 def champion(tmp_path_factory):
     """A temp MLflow store holding c-cca (uci-mfeat) as tnn-audio/tnn-visual @champion."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    return uri, embed.smoke_model(uri)
+    return uri, registry.smoke_model(uri)
 
 
 def test_actor_refuses_a_model_that_moved(champion):
@@ -71,7 +72,7 @@ def _check_index(uri, source, model, tracking_uri, rows):
 @pytest.mark.s3
 @pytest.mark.timeout(300)
 def test_embed_job_on_shards_and_in_memory(ray_local, champion, s3_prefix, tmp_path, capsys):
-    from jobs.make_shards import write
+    from tnn.data.write import write
     uri, model = champion
     p = load_source("uci-mfeat").subset(np.arange(0, 2000, 4))  # 500 clips
     np.savez(tmp_path / "g.npz", audio=p.audio, visual=p.visual, labels=p.labels,
@@ -82,14 +83,14 @@ def test_embed_job_on_shards_and_in_memory(ray_local, champion, s3_prefix, tmp_p
                             f"{s3_prefix}/index", batch_size=64, folds=(0,),
                             rows_per_shard=40, num_cpus=0.5, tracking_uri=uri)
     index_man = embed.embed(cfg)
-    from tnn.ray.dataset import read_pairs
+    from tnn.data.reader import read_pairs
     fold0 = np.flatnonzero(read_pairs(f"{s3_prefix}/features").folds == 0)
     assert index_man.rows == len(fold0) and len(index_man.shards) == -(-len(fold0) // 40)
     assert index_man.source == f"{s3_prefix}/features" and man.rows == 500
     _check_index(f"{s3_prefix}/index", p, model, uri, fold0.tolist())
     # the in-memory path (an npz source), through main: config printed, summary line
     out, _ = str(tmp_path / "index"), capsys.readouterr()
-    assert embed.main(["--model", "models:/tnn@champion", "--data", f"npz:{tmp_path / 'g.npz'}",
+    assert embed_job.main(["--model", "models:/tnn@champion", "--data", f"npz:{tmp_path / 'g.npz'}",
                        "--out", out, "--batch-size", "100", "--num-cpus", "0.5",
                        "--tracking-uri", uri]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -97,6 +98,6 @@ def test_embed_job_on_shards_and_in_memory(ray_local, champion, s3_prefix, tmp_p
     assert lines[-1].startswith(f"embed: wrote 500 rows (9-d) in 1 shards to {out} from "
                                 f"tnn@champion (audio v1, visual v1, run {model['run_id']}) in ")
     _check_index(out, p, model, uri, list(range(500)))
-    assert embed.main(["--model", "models:/tnn@champion", "--data", "uci-mfeat", "--out", out,
+    assert embed_job.main(["--model", "models:/tnn@champion", "--data", "uci-mfeat", "--out", out,
                        "--tracking-uri", uri]) == 2  # an index is there: refused
     assert "already holds a data set, 1 shard(s); pass --overwrite" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """tnn.ray.prepare without Ray: the statistics transforms add up to the in-memory fit, the
-input stages from statistics equal `tnn.methods.tnn.input_maps`, projection and id selection are
+input stages from statistics equal `tnn.methods.linear.input_maps`, projection and id selection are
 plain batch functions. The Ray Data pass itself runs in tests/test_train_loop.py."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 
 from tnn.ray import prepare as td
 from tnn.core.cca import CCAStats, fit_cca
-from tnn.methods.tnn import CCAConfig, TNNConfig, input_maps, input_maps_from_stats
+from tnn.methods.linear import CCAConfig, input_maps, input_maps_from_stats
+from tnn.methods.tnn import TNNConfig
 from tnn.data.sources import load_source
 
 
@@ -44,7 +45,7 @@ def test_block_statistics_add_up_to_the_in_memory_fit(uci):
 def test_input_stages_from_statistics_match_pipelines_input_maps(uci, pipeline):
     cfg = TNNConfig(pipeline=pipeline, cca=CCAConfig(dim=9))
     got = input_maps_from_stats(CCAStats.from_arrays(uci.audio, uci.visual, uci.labels, 10),
-                                cfg, 10)
+                                cfg.cca, 10, project=pipeline == "two-stage")
     want = input_maps(uci, cfg.cca, project=pipeline == "two-stage")
     with torch.no_grad():
         for g, w, x in zip(got, want, (uci.audio, uci.visual)):

@@ -1,10 +1,9 @@
-"""tnn.ray.train_loop: config, early-stopping state and run note without Ray; then, on the session
-Ray, the distributed statistics pass (`tnn.ray.prepare.prepare`) and ONE 2-worker Train run that
+"""tnn.ray.train_loop: the job config without Ray (the early-stopping state: tests/methods/test_loop.py;
+the run note: tests/train/test_checkpoints.py); then, on the session Ray, the distributed statistics pass (`tnn.ray.prepare.prepare`) and ONE 2-worker Train run that
 must match one process running `run_epoch` on the same global batches."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,24 +12,20 @@ import pytest
 import torch
 
 from jobs.train import build_config, parse_args
+from tests.support import ROOT
 from tnn.ray import train_loop as tl
 from tnn.core.cca import CCAStats, fit_cca, standardized_stats
 from tnn.train.checkpoints import widths
 from tnn.config import from_dict, to_dict
 from tnn.errors import ConfigError
 from tnn.core.model import TwoBranchNet
-from tnn.methods.tnn import (
-    CCAConfig,
-    TNNConfig,
-    TrainConfig,
-    build_net,
-    input_maps_from_stats,
-    loss_kwargs,
-    net_out_dim,
-    run_epoch,
-)
+from tnn.methods.linear import CCAConfig, input_maps_from_stats
+from tnn.methods.tnn import TNNConfig, TrainConfig, build_net, loss_kwargs, net_out_dim, run_epoch
+from tnn.ray.prepare import prepare
+from tnn.train.config import MLflowConfig, TrainJobConfig
+from tnn.train.plan import split_in_memory
 
-CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+CONFIGS = ROOT / "jobs" / "configs"
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -41,53 +36,17 @@ def test_config_layers_presets_and_validation(tmp_path):
     assert (cfg.subset, cfg.tnn.train.epochs, cfg.tnn.pipeline, cfg.tnn.preset) == \
         (600, 2, "two-stage", "paper")
     assert cfg.tnn.train.lr == 0.01 and cfg.workers == 1 and cfg.run_name.startswith("tnn-train-")
-    default = tl.TrainJobConfig()
+    default = TrainJobConfig()
     assert (default.tnn.pipeline, default.workers, default.cpus_per_worker) == ("e2e", 2, 0.5)
-    assert from_dict(tl.TrainJobConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert from_dict(TrainJobConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
     for preset in CONFIGS.glob("*.yaml"):
         build_config(parse_args(["--config", str(preset)]))
     with pytest.raises(ConfigError, match="divide tnn.train.batch_size"):
-        tl.TrainJobConfig(workers=3)
+        TrainJobConfig(workers=3)
     with pytest.raises(ConfigError, match="test_fold=5"):
-        tl.TrainJobConfig(test_fold=5)
+        TrainJobConfig(test_fold=5)
     with pytest.raises(ConfigError, match="ensemble"):
-        tl.TrainJobConfig(tnn=TNNConfig(ensemble=2))
-
-
-# --- checkpoints and resume ------------------------------------------------------------------
-
-def test_early_stopping_state_resumes_like_fit_tnn():
-    """`fit_tnn`'s rule replayed through the checkpointed state, interrupted and resumed."""
-    net, vals, patience = torch.nn.Linear(2, 2), [0.1, 0.3, 0.2, 0.3, 0.25, 0.5], 3
-    state = tl.new_state()
-    for val in vals:
-        if tl.should_stop(state, epochs=10, patience=patience):
-            break
-        state["epoch"] += 1
-        with torch.no_grad():
-            net.weight.fill_(val)
-        tl.update_best(state, net, val)
-        state = torch.load(_saved(state), weights_only=False)  # every epoch via a checkpoint
-    assert (state["epoch"], state["best_epoch"], state["best"]) == (5, 2, 0.3)
-    assert torch.all(state["best_net"]["weight"] == 0.3)  # ties keep the earlier epoch
-    assert tl.should_stop(state, epochs=10, patience=patience)
-    assert tl.should_stop({**tl.new_state(), "epoch": 4}, epochs=4, patience=99)
-    assert tl.should_stop({**tl.new_state(), "done": True}, epochs=4, patience=99)
-
-
-def _saved(obj):
-    import io
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf
-
-
-def test_run_info_beside_the_run_folder(tmp_path):
-    assert tl.read_run_info(str(tmp_path), "r1") is None
-    tl.write_run_info(str(tmp_path), "r1", {"mlflow_run_id": "abc"})
-    assert tl.read_run_info(str(tmp_path), "r1") == {"mlflow_run_id": "abc"}
-    assert tl.storage_of(str(tmp_path)) == (str(tmp_path), None)
+        TrainJobConfig(tnn=TNNConfig(ensemble=2))
 
 
 # --- on Ray: the distributed statistics pass and the 2-worker equivalence --------------------
@@ -101,19 +60,18 @@ EQUIV = TNNConfig(pipeline="e2e", preset="wide", dropout=0.0, hidden=(32,),  # L
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp_path):
-    cfg = tl.TrainJobConfig(subset=300, tnn=EQUIV, workers=2, shuffle_buffer=64, test_curve=False,
+    cfg = TrainJobConfig(subset=300, tnn=EQUIV, workers=2, shuffle_buffer=64, test_curve=False,
                             storage_path=str(tmp_path / "runs"), run_name="equiv",
-                            mlflow=tl.MLflowConfig(enabled=False))
-    prep = tl.prepare(cfg, log=lambda s: None)
-    fit, val, test = tl.split_in_memory(cfg)
+                            mlflow=MLflowConfig(enabled=False))
+    prep = prepare(cfg, log=lambda s: None)
+    fit, val, test = split_in_memory(cfg)
     assert (prep.n_fit, prep.val.n, prep.test.n) == (fit.n, val.n, test.n)
 
     # the statistics pass over Ray Data blocks equals the in-memory statistics and fit
     want = CCAStats.from_arrays(fit.audio, fit.visual, fit.labels, 10)
     for key, value in want.to_dict().items():
         np.testing.assert_allclose(prep.stats.to_dict()[key], value, rtol=1e-12, atol=1e-9)
-    two_stage = input_maps_from_stats(prep.stats,
-                                      dataclasses.replace(EQUIV, pipeline="two-stage"), 10)
+    two_stage = input_maps_from_stats(prep.stats, EQUIV.cca, 10, project=True)  # two-stage
     (_, sx), (_, sy), z = standardized_stats(want)
     proj = fit_cca(z, 4, ridge=1e-3, beta=0.2)
     np.testing.assert_allclose(two_stage[0][1].weight.numpy(), proj.A, rtol=1e-5, atol=1e-6)

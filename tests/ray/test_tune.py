@@ -16,6 +16,7 @@ from jobs import tune
 from tnn.tracking import registry
 from tnn.tracking import runs as tracking
 from tnn.ray import tune as tr
+from tnn.ray import tune_report
 from tnn.ray import tune_space as ts
 from tnn.errors import ConfigError
 
@@ -69,7 +70,7 @@ def test_impossible_spaces_are_refused_naming_the_value(sets, message):
 
 def test_class_count_comes_from_the_data(tmp_path):
     """4 classes in an npz source and in a shard set (from its manifest): dim <= 3."""
-    from jobs.make_shards import write
+    from tnn.data.write import write
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 50)
     np.savez(tmp_path / "d.npz", audio=rng.normal(size=(200, 8)).astype(np.float32),
@@ -159,8 +160,8 @@ def test_summary_uses_the_final_encoder_or_the_best_epoch():
     assert rows[1]["val_map"] == 0.7 and rows[1]["best_epoch"] == 2 and rows[1]["epochs"] == 2
     assert rows[2]["error"] == "last line" and "val_map" not in rows[2]
     assert [r["trial_id"] for r in rows] == ["a", "b", "c"] and rows[0]["params"] == p
-    assert tune.best_row(rows, space) is rows[0]
-    assert "| 0.5 | 9 | finished | 3 | **0.7200** | 0.6900 | a | - |" in tune.table(rows, space)
+    assert tune_report.best_row(rows, space) is rows[0]
+    assert "| 0.5 | 9 | finished | 3 | **0.7200** | 0.6900 | a | - |" in tune_report.table(rows, space)
 
 
 def _space_file(path) -> str:

@@ -1,5 +1,6 @@
-"""Naive references for tnn.core.cca and tnn.core.cca_loss: direct formulas on data matrices, explicit
-loops over classes and over same-class pairs, Cholesky whitening (tnn.core.cca whitens with eigh)."""
+"""Naive references for tnn.core.cca and tnn.core.cca_loss: direct formulas on data matrices,
+explicit loops over classes and over same-class pairs, Cholesky whitening (tnn.core.cca whitens
+with eigh)."""
 import numpy as np
 
 

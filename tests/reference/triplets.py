@@ -1,6 +1,6 @@
 """Naive triplet references: explicit Python loops over every (anchor, positive, negative).
 
-Slow and obvious on purpose; production code in tnn.core.mining / tnn.core.losses is compared against these.
+Slow and obvious on purpose; tnn.core.mining and tnn.core.losses are compared against these.
 Distances are computed one pair at a time from the definition, with differentiable torch ops on
 rows, so gradients of `loss` can be compared with the production gradients.
 Anchors index query rows; positives and negatives index ref rows.

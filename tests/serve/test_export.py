@@ -14,8 +14,9 @@ import torch
 from tnn.serve import export
 from tnn.core.encoder import Encoder
 from tnn.errors import ConfigError
-from tnn.methods import _e2e_default
-from tnn.methods.tnn import CCAConfig, TNNConfig, build_net, input_maps
+from tnn.methods import e2e_default
+from tnn.methods.linear import CCAConfig, input_maps
+from tnn.methods.tnn import TNNConfig, build_net
 from tnn.data.sources import load_source
 
 # Run in a fresh interpreter: the tnn package (installed editable) is made unimportable first.
@@ -42,7 +43,7 @@ def uci():
 def _encoder(uci, kind: str) -> Encoder:
     torch.manual_seed(0)
     if kind == "e2e":  # standardiser + wide_bn branches (BatchNorm, dropout)
-        cfg = _e2e_default()
+        cfg = e2e_default()
         a_in, v_in = input_maps(uci, cfg.cca, project=False)
     else:  # standardiser + cluster-CCA projection [+ the paper's sigmoid net]
         cfg = TNNConfig(pipeline="two-stage", cca=CCAConfig(dim=5))

@@ -4,8 +4,9 @@ embedding index format (round trip, partial writes) on local disk and S3."""
 import numpy as np
 import pytest
 
-from tests.reference import retrieval as ref
+from tests.reference import search as ref
 from tnn.serve import index as es
+from tnn.serve.ivf import IVFIndex
 from tnn.serve import search as retrieval
 from tnn.errors import ConfigError, DataError
 from tnn.data.shard_writer import ShardWriter
@@ -74,7 +75,7 @@ def _clustered(n, d=12, clusters=20, seed=0, spread=0.15):
 def test_ivf_recall_on_clustered_data():
     g, q = _clustered(6000), _clustered(200, seed=1)
     exact_rows, _ = retrieval.exact_search(q, g, 10)
-    ivf = retrieval.IVFIndex.build(g, seed=0)
+    ivf = IVFIndex.build(g, seed=0)
     assert ivf.nlist == int(4 * np.sqrt(6000))
     assert sorted(ivf.rows.tolist()) == list(range(6000))  # every row in exactly one list
     rows, _ = ivf.search(q, 10, nprobe=16)
@@ -84,7 +85,7 @@ def test_ivf_recall_on_clustered_data():
 
 def test_ivf_probing_every_list_is_exact_search():
     q, g = _integer_data(3, n=300)
-    ivf = retrieval.IVFIndex.build(g, nlist=9, seed=2)
+    ivf = IVFIndex.build(g, nlist=9, seed=2)
     rows, scores = ivf.search(q, 12, nprobe=9)
     want_rows, want_scores = ref.topk(q, g, 12)
     np.testing.assert_array_equal(rows, want_rows)  # same order, ties by gallery row
@@ -93,7 +94,7 @@ def test_ivf_probing_every_list_is_exact_search():
 
 def test_ivf_pads_missing_hits_and_recall_counts_them():
     g = np.eye(4, dtype=np.float32)
-    ivf = retrieval.IVFIndex.build(g, nlist=4)
+    ivf = IVFIndex.build(g, nlist=4)
     rows, scores = ivf.search(g[:1], 3, nprobe=1)
     assert rows.tolist() == [[0, -1, -1]] and scores[0, 0] == 1 and np.isinf(scores[0, 1:]).all()
     assert retrieval.recall_at_k(rows, np.array([[0, 1, 2]])) == pytest.approx(1 / 3)
@@ -101,7 +102,7 @@ def test_ivf_pads_missing_hits_and_recall_counts_them():
 
 def _index(n=30, model=MODEL, width=4):
     rng = np.random.default_rng(0)
-    return retrieval.Index([f"c{i}" for i in range(n)], np.arange(n) % 3,
+    return es.Index([f"c{i}" for i in range(n)], np.arange(n) % 3,
                            retrieval.normalise(rng.normal(size=(n, width))),
                            retrieval.normalise(rng.normal(size=(n, width))), model, "idx")
 
@@ -134,7 +135,7 @@ def test_refusals_name_the_problem():
         index.search(np.ones((2, 6)), "audio")
     assert str(err.value) == ("idx: query embeddings have shape (2, 6), but the index column "
                               "'visual_emb' has width 4")
-    empty = retrieval.Index(np.array([], str), np.array([], np.int32), np.zeros((0, 4)),
+    empty = es.Index(np.array([], str), np.array([], np.int32), np.zeros((0, 4)),
                             np.zeros((0, 6)), MODEL, "s3://b/empty")
     with pytest.raises(DataError, match=r"^s3://b/empty: the index is empty \(0 rows\): "
                                         r"nothing to search$"):
@@ -182,7 +183,7 @@ def _round_trip(uri):
         got = es.search_stream(uri, q, modality, k=7, model=MODEL)
         for field in ("rows", "scores", "clip_ids", "labels"):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
-    ivf = retrieval.IVFIndex.build(back.emb["visual_emb"], nlist=5)
+    ivf = IVFIndex.build(back.emb["visual_emb"], nlist=5)
     assert es.save_ivf(uri, "visual_emb", ivf, man) == f"{uri}/_ivf-visual_emb.npz"
     saved = es.load_index(uri).ivf("visual_emb")
     np.testing.assert_array_equal(saved.rows, ivf.rows)

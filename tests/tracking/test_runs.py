@@ -114,12 +114,13 @@ def logged(tmp_path_factory):
 
     from tnn.train import checkpoints
     from tnn.core.encoder import Encoder
-    from tnn.methods import _e2e_default
-    from tnn.methods.tnn import build_net, input_maps
+    from tnn.methods import e2e_default
+    from tnn.methods.linear import input_maps
+    from tnn.methods.tnn import build_net
     from tnn.data.sources import load_source
     tmp = tmp_path_factory.mktemp("logged")
     uci = load_source("uci-mfeat").subset(np.arange(0, 2000, 8))
-    cfg = _e2e_default()
+    cfg = e2e_default()
     a_in, v_in = input_maps(uci, cfg.cca, project=False)
     torch.manual_seed(0)
     encoder = Encoder(a_in, v_in, build_net(cfg, a_in, v_in, uci), 76, 240).eval()
@@ -127,7 +128,7 @@ def logged(tmp_path_factory):
     checkpoints.save_checkpoint(tmp, {"history": history}, {"run_name": "r"}, encoder, cfg, 10)
     uri, artifacts = tracking.resolve(None, tmp / "mlflow")
     logger, _ = tracking.open_run(uri, "exp", "with-encoders", artifact_location=artifacts)
-    uris = tracking.log_checkpoint(logger, tmp)
+    uris = registry.log_checkpoint(logger, tmp)
     return {"uri": uri, "artifacts": artifacts, "logger": logger, "uris": uris, "uci": uci,
             "encoder": encoder, "tmp": tmp}
 
@@ -161,6 +162,28 @@ def test_using_restores_the_global_tracking_uri(logged, monkeypatch):
         assert mlflow.get_tracking_uri() == logged["uri"] == mlflow.get_registry_uri()
     assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in os.environ
     assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
+
+
+def test_using_restores_uris_set_globally_before(logged, tmp_path, monkeypatch):
+    """A URI set with mlflow.set_tracking_uri / set_registry_uri before the block is in force
+    again after it (restored through the public API and environment variables only)."""
+    import os
+
+    import mlflow
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    outer, registry_uri = f"sqlite:///{tmp_path}/outer.db", f"sqlite:///{tmp_path}/reg.db"
+    mlflow.set_tracking_uri(outer)
+    mlflow.set_registry_uri(registry_uri)
+    try:
+        with tracking.using(logged["uri"]):
+            assert mlflow.get_tracking_uri() == logged["uri"] == mlflow.get_registry_uri()
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (outer, registry_uri)
+    finally:  # set_*_uri also set the environment variables: they go too
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(key, None)
 
 
 def test_pyfunc_encoders_by_alias_and_by_run_equal_the_encoder(logged):

@@ -1,4 +1,4 @@
-"""Checkpoint files: the encoder they carry rebuilds exactly; RNG states round-trip."""
+"""Checkpoint files: the encoder they carry rebuilds exactly; RNG states round-trip; the run note."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 
 from tnn.train import checkpoints as ck
 from tnn.core.encoder import Encoder
-from tnn.methods.tnn import CCAConfig, TNNConfig, build_net, input_maps
+from tnn.methods.linear import CCAConfig, input_maps
+from tnn.methods.tnn import TNNConfig, build_net
 from tnn.data.sources import load_source
 
 
@@ -45,3 +46,10 @@ def test_rng_state_round_trip():
     ck.set_rng_state(saved)
     b = (torch.rand(3), np.random.rand(3))
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_run_info_beside_the_run_folder(tmp_path):
+    assert ck.read_run_info(str(tmp_path), "r1") is None
+    ck.write_run_info(str(tmp_path), "r1", {"mlflow_run_id": "abc"})
+    assert ck.read_run_info(str(tmp_path), "r1") == {"mlflow_run_id": "abc"}
+    assert ck.storage_of(str(tmp_path)) == (str(tmp_path), None)

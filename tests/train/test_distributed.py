@@ -9,7 +9,6 @@ batch (float64 throughout).
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 import traceback
 
@@ -20,13 +19,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.support import free_port
 from tnn.train import distributed as tdist
 from tnn.core.cca import CCAStats
 from tnn.errors import DataError
 from tnn.core.losses import combined_loss
 from tnn.core.cca_loss import batch_stats
 from tnn.core.model import BranchConfig, TwoBranchNet
-from tnn.methods.tnn import CCAConfig, TNNConfig, TrainConfig, loss_kwargs, run_epoch
+from tnn.methods.linear import CCAConfig
+from tnn.methods.tnn import TNNConfig, TrainConfig, loss_kwargs, run_epoch
 
 WORLD, CLASSES, BATCH, ROWS, EPOCHS = 2, 4, 16, 32, 2  # 2 steps per epoch, 8 rows per rank
 DA, DV = 6, 5
@@ -69,12 +70,6 @@ def _net() -> TwoBranchNet:
 
 # --- process harness -------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _entry(rank, fn, world, port, device, out_dir):
     torch.set_num_threads(1)  # two workers on two cores
     device = f"cuda:{rank}" if device == "cuda" else device
@@ -92,7 +87,7 @@ def spawn(fn, tmp_path, world=WORLD, device="cpu", timeout=90) -> list:
     A failing worker re-raises here (torch terminates the others); on timeout every worker
     still alive is terminated, then killed.
     """
-    ctx = mp.start_processes(_entry, args=(fn, world, _free_port(), device, tmp_path),
+    ctx = mp.start_processes(_entry, args=(fn, world, free_port(), device, tmp_path),
                              nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     try:

@@ -12,6 +12,8 @@ Two covariance conventions (`covariance=`):
   It needs per-class second moments (`per_class_moments=True`).
 With balanced classes the two share canonical directions and corr_pairs = m/(m-1) corr_plain
 when the "plain" ridge is r (Np-1) / (n_c (m-1)); with unbalanced classes they differ.
+The checks of the inputs and settings (naming the field, row or setting at fault) are
+`tnn.core.cca_checks`.
 """
 from __future__ import annotations
 
@@ -19,9 +21,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from tnn.errors import ConfigError, DataError
-
-COVARIANCES = ("plain", "pairs")
+from tnn.core.cca_checks import (
+    as_matrix,
+    check_config,
+    check_labels,
+    check_stats,
+    float_arrays,
+)
+from tnn.errors import DataError
 _EIG_FLOOR = 1e-12  # relative to the largest eigenvalue, guards S^-1/2 when ridge = 0
 
 
@@ -54,10 +61,10 @@ class CCAStats:
 
         Pass the global `num_classes` when shards are added later, so their shapes agree.
         """
-        x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
+        x, y = as_matrix(x, "x"), as_matrix(y, "y")
         if x.shape[0] != y.shape[0]:
             raise DataError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; rows must be paired")
-        labels, num_classes = _check_labels(labels, x.shape[0], num_classes)
+        labels, num_classes = check_labels(labels, x.shape[0], num_classes)
         onehot = np.zeros((x.shape[0], num_classes))
         onehot[np.arange(x.shape[0]), labels] = 1.0
         cxx = cyy = None
@@ -101,7 +108,7 @@ class CCAStats:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CCAStats":
-        kw = _float_arrays(cls, d)
+        kw = float_arrays(cls, d)
         return cls(**{**kw, "n": float(kw["n"])})
 
 
@@ -119,17 +126,17 @@ class CCAProjection:
     corrs: np.ndarray
 
     def transform_audio(self, x) -> np.ndarray:
-        return (_as_matrix(x, "audio", self.mean_x.shape[0]) - self.mean_x) @ self.A
+        return (as_matrix(x, "audio", self.mean_x.shape[0]) - self.mean_x) @ self.A
 
     def transform_visual(self, y) -> np.ndarray:
-        return (_as_matrix(y, "visual", self.mean_y.shape[0]) - self.mean_y) @ self.B
+        return (as_matrix(y, "visual", self.mean_y.shape[0]) - self.mean_y) @ self.B
 
     def to_dict(self) -> dict:
         return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CCAProjection":
-        return cls(**_float_arrays(cls, d))
+        return cls(**float_arrays(cls, d))
 
 
 def covariance_blocks(stats: CCAStats, *, beta: float, ridge: float, covariance: str = "plain"):
@@ -179,8 +186,8 @@ def fit_cca(stats: CCAStats, k: int, ridge: float = 1e-4, beta: float = 0.2,
     beta = 1 is plain CCA, beta = 0 Rasiwasia's cluster-CCA, 0.2 the authors' blend.
     scale_by_corr multiplies component i by corrs[i]. Float64 numpy throughout.
     """
-    _check_config(k, ridge, beta, covariance)
-    _check_stats(stats, k, beta, covariance)
+    check_config(k, ridge, beta, covariance)
+    check_stats(stats, k, beta, covariance)
     mx, my, s11, s22, s12 = covariance_blocks(stats, beta=beta, ridge=ridge, covariance=covariance)
     w1, w2 = inv_sqrt(s11), inv_sqrt(s22)
     u, d, vt = np.linalg.svd(w1 @ s12 @ w2)
@@ -225,90 +232,6 @@ def standardized_stats(stats: CCAStats, scale: bool = True, eps: float = 1e-6):
                  (stats.class_sum_x - stats.class_n[:, None] * mx) * sx,
                  (stats.class_sum_y - stats.class_n[:, None] * my) * sy)
     return (mx, sx), (my, sy), z
-
-
-def _check_config(k, ridge, beta, covariance):
-    if covariance not in COVARIANCES:
-        raise ConfigError(f"covariance={covariance!r} is not one of {COVARIANCES}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k={k!r} must be a positive integer")
-    if not (ridge >= 0 and 0 <= beta <= 1):
-        raise ConfigError(f"need ridge >= 0 and beta in [0, 1], got ridge={ridge}, beta={beta}")
-    if covariance == "pairs" and beta != 0:
-        raise ConfigError(f"covariance='pairs' is the CCA of the same-class pair set and needs "
-                          f"beta=0, got beta={beta}")
-
-
-def _check_stats(stats, k, beta, covariance):
-    for f in fields(stats):
-        value = getattr(stats, f.name)
-        if value is not None and not np.all(np.isfinite(value)):
-            raise DataError(f"CCA statistics field {f.name!r} contains NaN or inf")
-    if stats.n < 2:
-        raise DataError(f"CCA needs at least 2 rows, the statistics hold n={stats.n:g}")
-    if covariance == "pairs" and stats.class_xx is None:
-        raise ConfigError("covariance='pairs' needs per-class second moments: build the stats "
-                          "with CCAStats.from_arrays(..., per_class_moments=True)")
-    limits = {"Dx": stats.sum_x.shape[0], "Dy": stats.sum_y.shape[0]}
-    if beta < 1:
-        present = _check_classes(stats.class_n, beta)
-        if beta == 0:
-            limits["classes-1"] = present - 1
-    if k > min(limits.values()):
-        why = ", ".join(f"{key}={value}" for key, value in limits.items())
-        raise ConfigError(f"k={k} exceeds min({why})" + (
-            ": with beta=0 the cross-covariance is built from the class means and has rank "
-            "at most classes-1, so further components are arbitrary" if beta == 0 else ""))
-
-
-def _check_classes(class_n, beta) -> int:
-    """Number of non-empty classes. Cluster modes need >= 2, none of them a singleton (its class
-    mean is one sample, almost always a labelling error); empty classes (absent from a fold) are
-    ignored."""
-    present = np.flatnonzero(class_n > 0)
-    if present.size < 2:
-        raise DataError(f"cluster-CCA (beta={beta} < 1) needs at least 2 classes with items, "
-                        f"got {present.size} (class_n={class_n.astype(int).tolist()})")
-    single = np.flatnonzero(class_n == 1)
-    if single.size:
-        raise DataError(f"class {int(single[0])} has 1 item; cluster-CCA (beta={beta} < 1) "
-                        "needs >= 2 items in every class present: drop or relabel it")
-    return present.size
-
-
-def _check_labels(labels, m, num_classes):
-    if labels is None:
-        return np.zeros(m, dtype=np.int64), num_classes or 1
-    labels = np.asarray(labels)
-    if labels.shape != (m,):
-        raise DataError(f"labels have shape {labels.shape}, expected ({m},)")
-    if m and not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be integers, got dtype {labels.dtype}")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1 if m else 1
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise DataError(f"label {labels[bad[0]]} at row {bad[0]} is outside [0, {num_classes})")
-    return labels.astype(np.int64), num_classes
-
-
-def _float_arrays(cls, d: dict) -> dict:
-    """float64 arrays of the dataclass fields in d; optional (None-default) fields may be absent."""
-    missing = [f.name for f in fields(cls) if f.name not in d and f.default is not None]
-    if missing:
-        raise DataError(f"{cls.__name__} dict lacks keys {missing}")
-    return {f.name: np.asarray(d[f.name], dtype=np.float64) for f in fields(cls) if f.name in d}
-
-
-def _as_matrix(a, name, dim=None) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or (dim is not None and a.shape[1] != dim):
-        want = f"(rows, {dim})" if dim is not None else "(rows, dim)"
-        raise DataError(f"{name} has shape {a.shape}, expected {want}")
-    bad = np.flatnonzero(~np.isfinite(a).all(1))
-    if bad.size:
-        raise DataError(f"{name} contains NaN or inf at row {bad[0]}")
-    return a
 
 
 def _outer(a, b):

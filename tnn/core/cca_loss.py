@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from tnn.core.cca import COVARIANCES, CCAStats, covariance_blocks
+from tnn.core.cca import CCAStats, covariance_blocks
+from tnn.core.cca_checks import COVARIANCES
 from tnn.errors import ConfigError, DataError
 
 

@@ -267,10 +267,7 @@ def _retrieval(qe, q, ge, g, ks, n_levels, chunk_size, memory_gib, n_threads) ->
     ks_all = _check_options(q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
     dtype = np.result_type(qe, ge)
     qe, g_t = qe.astype(dtype, copy=False), np.ascontiguousarray(ge.T, dtype)
-
-    def fill(lo, hi, out):
-        np.matmul(qe[lo:hi], g_t, out=out)
-
+    fill = lambda lo, hi, out: np.matmul(qe[lo:hi], g_t, out=out)  # noqa: E731
     stats = _all_stats(fill, dtype, q, g, ks_all, n_levels, chunk_size, memory_gib, n_threads)
     return _summary(ks_all, ks, n_levels, *stats)
 

@@ -12,7 +12,8 @@ with their row counts, the fold count and seed and the source. Readers take the 
 from the manifest, never from a listing, so stray or half-written files are never read.
 
 This module holds the format (schema, manifest, numpy <-> Arrow) and `validate`;
-`tnn.data.shard_writer.ShardWriter` writes sets. pyarrow is imported lazily (this module is core:
+`tnn.data.shard_writer.ShardWriter` writes sets, `tnn.data.reader` reads them without Ray
+(`tnn.ray.dataset` through Ray Data). pyarrow is imported lazily (this module is core:
 importing it pulls in no framework).
 """
 

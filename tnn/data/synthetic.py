@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from tnn.errors import ConfigError
-from tnn.data.sources import Pairs, make_pairs
+from tnn.data.pairs import Pairs, make_pairs
 
 BLOCK = 4096
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tnn.errors import DataError
-from tnn.data.sources import Pairs, make_pairs
+from tnn.data.pairs import Pairs, make_pairs
 
 
 def pool_clip(frames: np.ndarray, where: str) -> np.ndarray:

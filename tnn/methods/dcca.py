@@ -21,7 +21,6 @@ test folds unused).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Callable
 
@@ -30,13 +29,15 @@ import torch
 from torch import nn
 
 from tnn.core.cca import CCAStats, fit_cca
-from tnn.core.encoder import Affine, Encoder
-from tnn.errors import ConfigError
-from tnn.core.folds import validation_split
 from tnn.core.cca_loss import cluster_cca_loss
+from tnn.core.encoder import Affine, Encoder
+from tnn.core.folds import validation_split
 from tnn.core.metrics import cross_modal_scores
 from tnn.core.model import ACTIVATIONS, BranchConfig, TwoBranchNet
-from tnn.data.sources import Pairs
+from tnn.data.pairs import Pairs
+from tnn.errors import ConfigError
+from tnn.methods.linear import cca_dim, input_maps
+from tnn.methods.loop import fit_epochs, new_state, restore_best
 
 OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam}
 
@@ -142,7 +143,6 @@ def projection(net, xa, xv, labels, num_classes, cca, beta):
 def fit_deep(train: Pairs, dcfg: DCCAConfig, cca, beta: float,
              log: Callable[[str], None] = print) -> Encoder:
     """dcca (beta = 1) or c-dcca (beta < 1) as an `Encoder`: standardise, MLPs, (cluster-)CCA."""
-    from tnn.methods.tnn import cca_dim, input_maps
     k = cca_dim(cca, train.num_classes, train.audio.shape[1], train.visual.shape[1])
     cca = dataclasses.replace(cca, dim=k)
     torch.manual_seed(dcfg.seed)
@@ -159,26 +159,23 @@ def fit_deep(train: Pairs, dcfg: DCCAConfig, cca, beta: float,
 
 
 def train_net(net, xa, xv, labels, fit_idx, val_idx, num_classes, dcfg, cca, beta, log) -> list:
-    """Optimise the correlation loss on fit_idx; keep the weights with the best validation MAP."""
+    """Optimise the correlation loss on fit_idx; keep the weights with the best validation MAP
+    (`tnn.methods.loop.fit_epochs`)."""
     opt = OPTIMIZERS[dcfg.optimizer](net.parameters(), lr=dcfg.lr)
     gen = torch.Generator().manual_seed(dcfg.seed)
     kw = dict(k=cca.dim, ridge=cca.ridge if dcfg.ridge is None else dcfg.ridge, beta=beta,
               num_classes=num_classes)
     fit_idx = torch.as_tensor(fit_idx)
-    best, best_epoch, best_state, history = -np.inf, 0, copy.deepcopy(net.state_dict()), []
-    for epoch in range(1, dcfg.epochs + 1):
-        loss = run_epoch(net, opt, xa, xv, labels, fit_idx, dcfg.batch_size, gen, kw)
-        score = validation_map(net, xa, xv, labels.numpy(), fit_idx.numpy(), val_idx,
-                               num_classes, cca, beta)
-        history.append({"epoch": epoch, "loss": loss, "val_map": score})
-        if score > best:
-            best, best_epoch, best_state = score, epoch, copy.deepcopy(net.state_dict())
-        elif epoch - best_epoch >= dcfg.patience:
-            break
-    net.load_state_dict(best_state)
-    log(f"  {'c-' if beta < 1 else ''}dcca: {len(history)} epochs, best {best_epoch} "
-        f"(val MAP {best:.4f})")
-    return history
+    state = fit_epochs(
+        net, lambda epoch: {"loss": run_epoch(net, opt, xa, xv, labels, fit_idx,
+                                              dcfg.batch_size, gen, kw)},
+        lambda: validation_map(net, xa, xv, labels.numpy(), fit_idx.numpy(), val_idx,
+                               num_classes, cca, beta),
+        epochs=dcfg.epochs, patience=dcfg.patience, state=new_state(net))
+    restore_best(state, net)
+    log(f"  {'c-' if beta < 1 else ''}dcca: {len(state['history'])} epochs, best "
+        f"{state['best_epoch']} (val MAP {state['best']:.4f})")
+    return state["history"]
 
 
 def run_epoch(net, opt, xa, xv, labels, rows, batch_size, gen, kw) -> float:

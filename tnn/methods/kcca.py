@@ -30,8 +30,9 @@ from torch import nn
 
 from tnn.core.cca import CCAStats, fit_cca
 from tnn.core.encoder import Affine, Encoder
+from tnn.data.pairs import Pairs
 from tnn.errors import ConfigError, DataError
-from tnn.data.sources import Pairs
+from tnn.methods.linear import cca_dim, input_maps
 
 KERNELS = ("rbf", "linear")
 
@@ -184,7 +185,6 @@ def fit_kernel_cca(za: np.ndarray, zv: np.ndarray, labels: np.ndarray, num_class
 def fit_kcca(train: Pairs, kcfg: KCCAConfig, cca, beta: float,
              log: Callable[[str], None] = print) -> Encoder:
     """kcca (beta = 1) or c-kcca (beta = cca.beta) as an `Encoder`: standardise, kernel, CCA."""
-    from tnn.methods.tnn import cca_dim, input_maps  # pipelines imports the model stack: lazy
     a_std, v_std = input_maps(train, cca, project=False)
     with torch.no_grad():
         za, zv = a_std(torch.from_numpy(train.audio)), v_std(torch.from_numpy(train.visual))

@@ -1,4 +1,4 @@
-"""The two TNN pipelines and linear (cluster-)CCA, fitted in one process on in-memory `Pairs`.
+"""The paper's method: the two TNN pipelines, fitted in one process on in-memory `Pairs`.
 
 - `tnn-c-cca` (two-stage, as the authors' code): standardise, fit cluster-CCA (dim k, beta)
   on the training part, project, train the triplet network on the k-d projections.
@@ -8,47 +8,32 @@
 Model selection uses a class-balanced validation split carved from the training fold, never
 the test fold. The two-stage pipeline keeps its first stage alone when that scores higher on
 the validation split, so it does not end below its own cluster-CCA there.
+
+The closed-form first stage and input stages are `tnn.methods.linear`; the epoch loop with
+early stopping is `tnn.methods.loop.fit_epochs` (shared with DCCA and the Ray Train worker,
+which also reuses `build_net`, `loss_kwargs` and `check_finite` from here).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from tnn.core.cca import CCAStats, fit_cca, standardized_stats
-from tnn.core.encoder import Affine, Encoder, Ensemble, standardizer
-from tnn.errors import ConfigError, NumericalError
+from tnn.core.encoder import Encoder, Ensemble
 from tnn.core.folds import validation_split
 from tnn.core.losses import combined_loss
 from tnn.core.metrics import cross_modal_scores
 from tnn.core.model import PRESETS, TwoBranchNet
-from tnn.data.sources import Pairs
+from tnn.data.pairs import Pairs
+from tnn.errors import ConfigError, NumericalError
+from tnn.methods.linear import CCAConfig, input_maps
+from tnn.methods.loop import fit_epochs, new_state, restore_best
 
 PIPELINES = ("two-stage", "e2e")
-
-
-@dataclasses.dataclass(frozen=True)
-class CCAConfig:
-    """Closed-form (cluster-)CCA: the first stage, and the linear baselines."""
-
-    dim: int | None = None
-    """Output dimension k; None = min(classes - 1, audio width, visual width), the largest
-    that pure cluster-CCA supports (9 for 10 classes, the paper's 'k = number of classes' less
-    the one direction that class means cannot span)."""
-    ridge: float = 1e-3
-    """Ridge r added to both within-view covariances (features are standardised first)."""
-    beta: float = 0.2
-    """Blend of pairwise (beta) and cluster (1 - beta) cross-covariance; 0.2 is the authors'."""
-    standardize: bool = True
-    """z-score each feature on the training part before fitting."""
-    scale_by_corr: bool = False
-    """Multiply each component by its canonical correlation."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,48 +88,6 @@ class TNNConfig:
             raise ConfigError(f"pipeline must be one of {PIPELINES}; got {self.pipeline!r}")
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown model preset {self.preset!r}; known: {', '.join(PRESETS)}")
-
-
-def cca_dim(cca: CCAConfig, num_classes: int, audio_dim: int, visual_dim: int) -> int:
-    """The CCA dimension k: the configured one, or the default of `CCAConfig.dim`."""
-    return cca.dim if cca.dim is not None else max(1, min(num_classes - 1, audio_dim, visual_dim))
-
-
-def input_maps(fit: Pairs, cca: CCAConfig, project: bool, beta: float | None = None):
-    """Affine input stages for both views: standardisation, then (if `project`) CCA."""
-    a_std, v_std = standardizer(fit.audio, cca.standardize), standardizer(fit.visual, cca.standardize)
-    if not project:
-        return a_std, v_std
-    with torch.no_grad():
-        za, zv = a_std(torch.from_numpy(fit.audio)).double(), v_std(torch.from_numpy(fit.visual)).double()
-    stats = CCAStats.from_arrays(za.numpy(), zv.numpy(), fit.labels, fit.num_classes)
-    k = cca_dim(cca, fit.num_classes, fit.audio.shape[1], fit.visual.shape[1])
-    proj = fit_cca(stats, k, ridge=cca.ridge, beta=cca.beta if beta is None else beta,
-                   scale_by_corr=cca.scale_by_corr)
-    return (nn.Sequential(a_std, Affine(proj.mean_x, proj.A)),
-            nn.Sequential(v_std, Affine(proj.mean_y, proj.B)))
-
-
-def input_maps_from_stats(stats: CCAStats, tnn: TNNConfig,
-                          num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """`input_maps` from summed statistics (one distributed pass: `tnn.ray.prepare`): the
-    standardiser, then for the two-stage pipeline the cluster-CCA projection fitted on the
-    standardised statistics (`tnn.core.cca.standardized_stats`)."""
-    (mx, sx), (my, sy), z = standardized_stats(stats, scale=tnn.cca.standardize)
-    a_std, v_std = Affine(mx, np.diag(sx)), Affine(my, np.diag(sy))
-    if tnn.pipeline != "two-stage":
-        return a_std, v_std
-    k = cca_dim(tnn.cca, num_classes, len(mx), len(my))
-    proj = fit_cca(z, k, ridge=tnn.cca.ridge, beta=tnn.cca.beta,
-                   scale_by_corr=tnn.cca.scale_by_corr)
-    return (nn.Sequential(a_std, Affine(proj.mean_x, proj.A)),
-            nn.Sequential(v_std, Affine(proj.mean_y, proj.B)))
-
-
-def fit_linear(train: Pairs, cca: CCAConfig, beta: float) -> Encoder:
-    """Linear CCA (beta = 1) or cluster-CCA (beta < 1) as an `Encoder`."""
-    a_in, v_in = input_maps(train, cca, project=True, beta=beta)
-    return Encoder(a_in, v_in)
 
 
 def validation_map(encoder: Encoder, val: Pairs) -> float:
@@ -229,7 +172,8 @@ def loss_kwargs(cfg: TNNConfig, num_classes: int, out_dim: int | None = None) ->
 
 def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
                   log: Callable[[str], None] = print) -> list[dict]:
-    """Adam on the network's parameters with early stopping on validation MAP; restores the best."""
+    """Adam on the network's parameters with early stopping on validation MAP
+    (`tnn.methods.loop.fit_epochs`); restores the best."""
     t, net = cfg.train, encoder.net
     opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     with torch.no_grad():
@@ -237,21 +181,24 @@ def train_network(encoder: Encoder, fit: Pairs, val: Pairs, cfg: TNNConfig,
     labels = torch.from_numpy(fit.labels)
     kwargs = loss_kwargs(cfg, fit.num_classes, net_out_dim(cfg, fit.num_classes))
     gen = torch.Generator().manual_seed(t.seed)
-    history, best, best_state = [], -np.inf, copy.deepcopy(net.state_dict())
-    for epoch in range(1, t.epochs + 1):
-        start = time.perf_counter()
-        terms = run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs, epoch=epoch)
+    start = [0.0]
+
+    def one_epoch(epoch: int) -> dict:
+        start[0] = time.perf_counter()
+        return run_epoch(net, opt, xa, xv, labels, t.batch_size, gen, kwargs, epoch=epoch)
+
+    def validate() -> dict:
         val_map = validation_map(encoder, val)
-        history.append({"epoch": epoch, "val_map": val_map,
-                        "samples_per_s": len(labels) / (time.perf_counter() - start), **terms})
-        log(f"  epoch {epoch:3d}  loss {terms['total']:.4f}  val MAP {val_map:.4f}  "
-            f"{history[-1]['samples_per_s']:.0f} samples/s")
-        if val_map > best:
-            best, best_state = val_map, copy.deepcopy(net.state_dict())
-        elif epoch - max(h["epoch"] for h in history if h["val_map"] == best) >= t.patience:
-            break
-    net.load_state_dict(best_state)
-    return history
+        return {"val_map": val_map, "samples_per_s": len(labels) / (time.perf_counter() - start[0])}
+
+    def report(state: dict, h: dict) -> None:
+        log(f"  epoch {h['epoch']:3d}  loss {h['total']:.4f}  val MAP {h['val_map']:.4f}  "
+            f"{h['samples_per_s']:.0f} samples/s")
+
+    state = fit_epochs(net, one_epoch, validate, epochs=t.epochs, patience=t.patience,
+                       state=new_state(net), on_epoch=report)
+    restore_best(state, net)
+    return state["history"]
 
 
 def run_epoch(net, opt, xa, xv, labels, batch_size, gen, kwargs, epoch: int = 0) -> dict:

@@ -3,12 +3,13 @@ projected fit set. A `ray.data` edge (with `tnn.ray.dataset`); the worker loop i
 
     fit set -> Ray Dataset (in-memory `Pairs` as Arrow blocks, or shards read by `tnn.ray.dataset`)
     one Ray Data pass: `CCAStats` per block (`cca_stats_batch`), summed on the driver
-      -> standardiser [+ cluster-CCA projection] (`tnn.methods.tnn.input_maps_from_stats`)
+      -> standardiser [+ cluster-CCA projection] (`tnn.methods.linear.input_maps_from_stats`)
     map_batches(`project_batch`); seeded shuffle; small blocks; materialised (cache)
     val/test: in-memory `Pairs` (rank 0 scores the whole held-out parts)
 
-The split is `fit_tnn`'s: the test fold, then a class-balanced validation split carved from
-the training folds. The transforms are plain functions of numpy / Arrow batches.
+The split is `fit_tnn`'s (`tnn.train.plan`: the test fold, then a class-balanced validation
+split carved from the training folds). The transforms are plain functions of numpy / Arrow
+batches; Arrow <-> numpy is `tnn.data.batches`, the shard index `tnn.data.reader`.
 """
 
 from __future__ import annotations
@@ -23,21 +24,22 @@ import ray.data
 import torch
 from torch import nn
 
-from tnn.ray import dataset as data
-from tnn.data import shards
-from tnn.data import storage
 from tnn.core.cca import CCAStats
+from tnn.data.batches import as_arrays, table_to_numpy, tensor_columns
+from tnn.data.pairs import Pairs
+from tnn.data.reader import shard_index
+from tnn.data.sources import is_shard_uri
 from tnn.errors import ConfigError, DataError
-from tnn.core.folds import assign_folds, split, validation_split
-from tnn.methods.tnn import input_maps_from_stats
-from tnn.data.sources import Pairs, is_shard_uri, load_source
+from tnn.methods.linear import input_maps_from_stats
+from tnn.ray import dataset as data
 from tnn.train.config import TrainJobConfig
+from tnn.train.plan import split_ids, split_in_memory
 
 # --- Ray Data transforms: plain functions of a batch -----------------------------------------
 
 def cca_stats_batch(batch: dict, num_classes: int) -> dict[str, np.ndarray]:
     """One block (numpy batch: audio, visual, label) -> its `CCAStats` as ONE row (float64)."""
-    b = data.as_arrays(batch)
+    b = as_arrays(batch)
     stats = CCAStats.from_arrays(b["audio"], b["visual"], b["label"], num_classes)
     return {k: np.asarray(v)[None] for k, v in stats.to_dict().items()}
 
@@ -55,7 +57,7 @@ def sum_stats(rows) -> CCAStats:
 
 def project_batch(batch: dict, audio_in: nn.Module, visual_in: nn.Module) -> dict:
     """Raw features -> the network's inputs (standardised [+ projected]), float32."""
-    b = data.as_arrays(batch)
+    b = as_arrays(batch)
     with torch.no_grad():
         b["audio"] = audio_in(torch.tensor(b["audio"])).numpy()  # (B, Da')
         b["visual"] = visual_in(torch.tensor(b["visual"])).numpy()  # (B, Dv')
@@ -101,40 +103,11 @@ def arrays_dataset(p: Pairs, blocks: int = 8):
     def fsl(x):
         return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)),
                                                  x.shape[1])
-    table = data.tensor_columns(pa.table({
+    table = tensor_columns(pa.table({
         "label": pa.array(p.labels.astype(np.int64)), "audio": fsl(p.audio),
         "visual": fsl(p.visual), "row": pa.array(np.arange(p.n, dtype=np.int64))}))
     size = -(-p.n // max(1, min(blocks, p.n)))
     return ray.data.from_arrow([table.slice(i, size) for i in range(0, p.n, size)])
-
-
-def split_in_memory(cfg: TrainJobConfig) -> tuple[Pairs, Pairs, Pairs]:
-    """(fit, val, test) exactly as `jobs.crossval` + `fit_tnn` split an in-memory source."""
-    pairs = load_source(cfg.data)
-    if cfg.subset and cfg.subset < pairs.n:
-        pairs = pairs.subset(validation_split(pairs.labels, cfg.subset / pairs.n, cfg.seed)[1])
-    folds = pairs.folds if pairs.folds is not None and len(np.unique(pairs.folds)) == cfg.folds \
-        else assign_folds(pairs.labels, cfg.folds, cfg.seed)
-    tr, te = split(folds, cfg.test_fold)
-    train = pairs.subset(tr)
-    t = cfg.tnn.train
-    fit_idx, val_idx = validation_split(train.labels, t.val_fraction, t.seed)
-    return train.subset(fit_idx), train.subset(val_idx), pairs.subset(te)
-
-
-def shard_index(uri: str) -> tuple[shards.Manifest, np.ndarray, np.ndarray, np.ndarray]:
-    """(manifest, clip_ids, labels, folds) in manifest order: small columns, read directly."""
-    man = shards.read_manifest(uri)
-    fs, root = storage.filesystem(uri)
-    cols = {"clip_id": [], "label": [], "fold": []}
-    for name, rows in man.shards:
-        pf = shards.open_shard(fs, f"{root}/{name}", storage.join(uri, name))
-        shards.check_file(pf, man, storage.join(uri, name), rows)
-        table = pf.read(columns=list(cols))
-        for key in cols:
-            cols[key].append(table[key].to_numpy(zero_copy_only=False))
-    ids, labels, folds = (np.concatenate(cols[k]) for k in cols)
-    return man, ids.astype(str), labels.astype(np.int64), folds.astype(np.int64)
 
 
 def split_shards(cfg: TrainJobConfig):
@@ -143,18 +116,13 @@ def split_shards(cfg: TrainJobConfig):
     man, ids, labels, folds = shard_index(cfg.data)
     if man.folds != cfg.folds:
         raise ConfigError(f"{cfg.data} has {man.folds} folds; set folds={man.folds}")
-    if cfg.subset and cfg.subset < len(ids):
-        keep = validation_split(labels, cfg.subset / len(ids), cfg.seed)[1]
-        ids, labels, folds = ids[keep], labels[keep], folds[keep]
-    tr, te = split(folds, cfg.test_fold)
-    fit_idx, val_idx = validation_split(labels[tr], cfg.tnn.train.val_fraction, cfg.tnn.train.seed)
-    fit_ids, val_ids = pa.array(ids[tr][fit_idx]), pa.array(ids[tr][val_idx])
-    held_ids = pa.concat_arrays([val_ids, pa.array(ids[te])])
+    fit_ids, val_ids, test_ids = (pa.array(x) for x in split_ids(cfg, ids, labels, folds))
+    held_ids = pa.concat_arrays([val_ids, test_ids])
     read = dict(check="manifest", num_cpus=cfg.read_cpus)
     held = data.dataset(cfg.data, **read).map_batches(
         select_ids, batch_format="pyarrow", batch_size=None, num_cpus=cfg.read_cpus,
         fn_kwargs={"ids": held_ids, "keep": True, "drop_ids": False})
-    rows = [data.table_to_numpy(t)
+    rows = [table_to_numpy(t)
             for t in held.iter_batches(batch_size=None, batch_format="pyarrow")]
     rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     order = np.argsort(rows["clip_id"].astype(str))
@@ -182,7 +150,8 @@ def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
     stats = dataset_stats(fit_ds, num_classes, cfg.read_cpus)
     if int(stats.n) != n_fit:
         raise DataError(f"{cfg.data}: the statistics pass saw {stats.n:.0f} rows, expected {n_fit}")
-    audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn, num_classes)
+    audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn.cca, num_classes,
+                                                project=cfg.tnn.pipeline == "two-stage")
     log(f"train: fit {n_fit}, val {val.n}, test {test.n} clips; statistics pass and "
         f"{'cluster-CCA fit' if cfg.tnn.pipeline == 'two-stage' else 'standardiser'} in "
         f"{time.perf_counter() - start:.1f} s")

@@ -1,7 +1,8 @@
 """The TNN pipelines on Ray Train: the worker loop and the driver's `fit`.
 
 The only `ray.train` user. The single-process twin is `tnn.methods.tnn.fit_tnn`: same split,
-input stages, network, loss and early stopping. What runs where:
+input stages, network, loss and early stopping (both run `tnn.methods.loop.fit_epochs`). What
+runs where:
 
     driver                                            workers (`train_loop_per_worker`)
     `tnn.ray.prepare.prepare`: split, one Ray Data     get_dataset_shard("fit"), local batches
@@ -17,14 +18,10 @@ running statistics are averaged over ranks after every epoch. Without dropout an
 the parameters equal one process's on the same global batches (tests/test_train_loop.py).
 
 Checkpoints (`tnn.train.checkpoints`) hold the net, optimiser, epoch, RNG states, early-stopping
-state (`tnn.train.run_state`: history, best net), the resolved config (with the MLflow run id) and
+state (`tnn.methods.loop`: history, best net), the resolved config (with the MLflow run id) and
 the encoder selected so far (input stages with the CCA projection + net: `load_encoder`). A
 run restarted by `FailureConfig`, or launched again with the same `run_name` and storage,
-resumes from its latest checkpoint.
-
-Also importable from here (their homes: `tnn.train.config`, `tnn.ray.prepare`,
-`tnn.train.run_state`): TrainJobConfig, MLflowConfig, prepare, Prepared, split_in_memory,
-read_run_info, write_run_info, new_state.
+resumes from its latest checkpoint. The driver's data plan is `tnn.ray.prepare`.
 """
 
 from __future__ import annotations
@@ -43,30 +40,24 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from tnn.config import from_dict, to_dict
+from tnn.core.encoder import Encoder
+from tnn.core.metrics import cross_modal_scores
+from tnn.data.pairs import Pairs
+from tnn.errors import ConfigError
+from tnn.methods.loop import fit_epochs, new_state, restore_best
+from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
+from tnn.ray.prepare import Prepared
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import (
     load_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    storage_of,
     widths,
 )
-from tnn.config import from_dict, to_dict
-from tnn.core.encoder import Encoder
-from tnn.errors import ConfigError
-from tnn.core.metrics import cross_modal_scores
-from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
-from tnn.train.run_state import (  # noqa: F401 (re-exported)
-    new_state,
-    read_run_info,
-    should_stop,
-    storage_of,
-    update_best,
-    write_run_info,
-)
-from tnn.data.sources import Pairs
-from tnn.train.config import MLflowConfig, TrainJobConfig  # noqa: F401 (re-exported)
-from tnn.ray.prepare import Prepared, prepare, split_in_memory  # noqa: F401 (re-exported)
+from tnn.train.config import TrainJobConfig
 
 # --- the worker loop -------------------------------------------------------------------------
 
@@ -80,22 +71,26 @@ def train_loop_per_worker(config: dict) -> None:
         return
     t, shard, rows_seen = run.cfg.tnn.train, ray.train.get_dataset_shard("fit"), []
     started = time.perf_counter()
-    while not should_stop(run.state, t.epochs, t.patience):
-        epoch = run.state["epoch"] = run.state["epoch"] + 1
+
+    def one_epoch(epoch: int) -> dict:
         if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
             raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
         torch.manual_seed(_seed(t.seed, epoch, run.rank))  # dropout masks: resumable
-        metrics = {"epoch": epoch, **train_epoch(
-            run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
-            (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device, rows_seen)}
+        metrics = train_epoch(run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
+                              (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device,
+                              rows_seen)
         if run.world > 1 and not run.sync_bn:
             _average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
-        metrics.update(_evaluate(run), elapsed_s=time.perf_counter() - started)
-        run.state["history"].append(metrics)
-        update_best(run.state, run.net, metrics["val_map"])
+        return metrics
+
+    def report(state: dict, metrics: dict) -> None:
         if run.logger:
-            run.logger.metrics(metrics, step=epoch)
+            run.logger.metrics(metrics, step=metrics["epoch"])
         _report(run, metrics)
+
+    fit_epochs(run.net, one_epoch,
+               lambda: {**_evaluate(run), "elapsed_s": time.perf_counter() - started},
+               epochs=t.epochs, patience=t.patience, state=run.state, on_epoch=report)
     _finish(run)
     if config.get("record_rows"):
         np.save(Path(config["record_rows"]) / f"rows-rank{run.rank}.npy", np.stack(rows_seen))
@@ -256,8 +251,7 @@ def _finish(run: _Run) -> None:
     state, encoder = run.state, run.encoder
     final = {"epoch": state["epoch"], "done": 1, "best_epoch": state["best_epoch"]}
     if run.rank == 0:
-        if state["best_net"] is not None:
-            run.net.load_state_dict(state["best_net"])
+        restore_best(state, run.net)
         if run.cfg.tnn.pipeline == "two-stage":
             first = Encoder(encoder.audio_in, encoder.visual_in, None, *run.inputs["dims"])
             if _scores(first, run.inputs["val"], "val")["val_map"] >= state["best"]:

@@ -1,13 +1,15 @@
 """Ray Tune over the TNN pipelines: the trial trainable, the search, its results.
 
-The only `ray.tune` user; spaces, checks and resources are in `tnn.ray.tune_space`. Each trial
-(`run_trial`, a function trainable) builds its TrainJobConfig from the sampled dotted keys and
-runs `tnn.ray.train_loop.prepare` + `fit`; rank 0's per-epoch reports reach Tune through
-`TuneReportCallback`, so ASHA stops poor trials between epochs. A trial opens a child MLflow
-run (tag mlflow.parentRunId) whose id goes into its config, so rank 0 logs per-epoch metrics
-there; a finished trial logs its checkpoint (`tnn.tracking.runs.log_checkpoint`: plots, encoder
+The `ray.tune` user (its one private attribute through `tnn.ray.compat`); spaces, checks and
+resources are in `tnn.ray.tune_space`, the search with its parent MLflow run in
+`tnn.ray.tune_search`. Each trial (`run_trial`, a function trainable) builds its
+TrainJobConfig from the sampled dotted keys and runs `tnn.ray.prepare.prepare` +
+`tnn.ray.train_loop.fit`; rank 0's per-epoch reports reach Tune through `TuneReportCallback`,
+so ASHA stops poor trials between epochs. A trial opens a child MLflow run (tag
+mlflow.parentRunId) whose id goes into its config, so rank 0 logs per-epoch metrics there; a
+finished trial logs its checkpoint (`tnn.tracking.registry.log_checkpoint`: plots, encoder
 files, two pyfunc encoders) and closes the run. A trial the scheduler stops is killed with
-its run still RUNNING: `jobs.tune` marks those KILLED after the search.
+its run still RUNNING: `tnn.ray.tune_search.close_children` marks those KILLED after the search.
 
 Why the final report bypasses the callback: Tune stops a trial whose result says `done` (the
 train loop's final report does) or reaches ASHA's `max_t`, killing it before it logs its
@@ -34,6 +36,7 @@ import os
 import time
 from contextlib import contextmanager
 
+from tnn.tracking import registry
 from tnn.tracking import runs as tracking
 from tnn.config import merge, to_dict
 from tnn.ray.tune_space import SCORES, SearchSpace, trial_config
@@ -78,7 +81,8 @@ def run_trial(params: dict, job: dict, parent: dict | None) -> None:
     `parent`: {tracking_uri, experiment, run_id} of the search's MLflow run, or None."""
     from ray import tune
 
-    from tnn.ray.train_loop import fit, prepare
+    from tnn.ray.prepare import prepare
+    from tnn.ray.train_loop import fit
     trial_id = tune.get_context().get_trial_id()
     cfg, logger = trial_config(job, params, run_name=f"trial-{trial_id}"), None
     if parent:
@@ -94,7 +98,7 @@ def run_trial(params: dict, job: dict, parent: dict | None) -> None:
         result = fit(cfg, prepare(cfg, log=print), callbacks=[_report_callback()])
         if logger:
             with result.checkpoint.as_directory() as d:
-                tracking.log_checkpoint(logger, d)
+                registry.log_checkpoint(logger, d)
             logger.finish("FINISHED")
     except Exception:
         if logger:
@@ -112,8 +116,8 @@ def trial_env(values: dict[str, str]):
     AWS credentials are taken off that list meanwhile: Ray logs every runtime env in plain text
     (runtime_env_agent.log) and shows it in the dashboard. Trial actors get credentials as any
     Ray worker does (a local Ray's from the driver's environment, a cluster's from its nodes)."""
-    from ray.tune.execution import class_cache
-    names = class_cache.ENV_VARS_TO_PROPAGATE
+    from tnn.ray.compat import tune_propagated_env
+    names = tune_propagated_env()
     saved = {k: os.environ.get(k) for k in values}
     added = set(values) - names
     held = names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",

@@ -25,9 +25,9 @@ from typing import Any
 
 from tnn.config import from_dict, load, merge, to_dict
 from tnn.errors import ConfigError
-from tnn.methods import _e2e_default, _two_stage_default
+from tnn.methods import e2e_default, two_stage_default
 
-METHODS = {"tnn-c-cca": _two_stage_default, "tnn-e2e": _e2e_default}
+METHODS = {"tnn-c-cca": two_stage_default, "tnn-e2e": e2e_default}
 METRICS = ("val_map", "val_a2v_map", "val_v2a_map", "val_mrr1_a2v", "val_mrr1_v2a")
 SCORES = METRICS + ("test_map", "test_a2v_map", "test_v2a_map", "test_mrr1_a2v", "test_mrr1_v2a")
 KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -152,7 +152,7 @@ def space_dict(space: SearchSpace) -> dict:
 
 def load_space(path: str, overrides: list[str] | None = None) -> SearchSpace:
     try:
-        return load(SearchSpace, path, overrides)
+        return load(SearchSpace, [path], overrides)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -180,7 +180,7 @@ def unflatten(params: dict) -> dict:
 
 def job_dict(space: SearchSpace, **extra) -> dict:
     """The resolved TrainJobConfig dict every trial starts from: method, base, budget, `extra`."""
-    from tnn.ray.train_loop import TrainJobConfig  # (lazy: the public API imports Ray)
+    from tnn.train.config import TrainJobConfig
     b = space.budget
     job = merge(to_dict(TrainJobConfig(tnn=METHODS[space.method]())), space.base)
     job = merge(job, {"workers": b.workers, "cpus_per_worker": b.cpus_per_worker,
@@ -190,7 +190,7 @@ def job_dict(space: SearchSpace, **extra) -> dict:
 
 def trial_config(job: dict, params: dict, **extra):
     """A trial's TrainJobConfig: the shared dict with the sampled dotted keys set."""
-    from tnn.ray.train_loop import TrainJobConfig  # (lazy: the public API imports Ray)
+    from tnn.train.config import TrainJobConfig
     return from_dict(TrainJobConfig, merge(merge(job, unflatten(params)), unflatten(extra)))
 
 

@@ -1,4 +1,4 @@
-"""The index format: embedding shards written by `jobs.embed`, read back for search.
+"""The index format: embedding shards written by `tnn.ray.embed`, read back for search.
 
 Layout under a prefix (a local directory or `s3://bucket/prefix`), like the feature shards
 of `tnn.data.shards`::
@@ -11,9 +11,10 @@ fixed_size_list<float32>[Ka] / [Kv] (unit rows). The manifest (`"kind": "tnn-emb
 names the model the embeddings came from (registered name, alias, the two versions, run id,
 model URI), the widths, the shards with their row counts, the source data and class names.
 `EmbeddingWriter` reuses `tnn.data.shard_writer` (atomic shards, manifest last, refusal to
-overwrite); `load_index` reads an index into memory (float32), `iter_blocks` and
-`search_stream` go shard by shard (memory bounded by one row group). pyarrow is imported
-lazily (this module is core).
+overwrite); `load_index` reads an index into memory (float32) as an `Index`, which searches it
+exactly (`tnn.serve.search`) or through IVF lists (`tnn.serve.ivf`, saved by `save_ivf`);
+`iter_blocks` and `search_stream` go shard by shard (memory bounded by one row group).
+pyarrow is imported lazily.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import uuid
 
 import numpy as np
 
-from tnn.serve import search as retrieval
-from tnn.data import shards
-from tnn.data import storage
-from tnn.errors import DataError
+from tnn.data import shards, storage
 from tnn.data.shard_writer import ShardWriter
+from tnn.errors import DataError
+from tnn.serve import search as retrieval
+from tnn.serve.ivf import IVFIndex
 
 KIND, VERSION = "tnn-embeddings", 1
 IVF_FILE = "_ivf-{column}.npz"  # optional saved IVF lists of one column (save_ivf)
@@ -184,7 +185,46 @@ def iter_blocks(uri: str, columns=COLUMNS, settings=None, man: IndexManifest | N
             row0 += t.num_rows
 
 
-def load_index(uri: str, settings=None) -> retrieval.Index:
+class Index:
+    """An embedding index in memory (`load_index`): search either direction exactly, or
+    approximately through an `IVFIndex` (saved with the index, or built on first use)."""
+
+    def __init__(self, clip_ids, labels, audio_emb, visual_emb, model: dict | None = None,
+                 uri: str = "<memory>", class_names=()) -> None:
+        self.clip_ids, self.labels = np.asarray(clip_ids), np.asarray(labels)
+        self.emb = {"audio_emb": audio_emb, "visual_emb": visual_emb}
+        self.model, self.uri, self.class_names = model or {}, uri, tuple(class_names)
+        self._ivf: dict[str, IVFIndex] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ivf(self, column: str, nlist: int | None = None) -> IVFIndex:
+        """The IVF index of `column`: a saved or earlier one (`set_ivf`) unless `nlist` asks
+        for another size, else built now (seconds per 100k rows)."""
+        have = self._ivf.get(column)
+        if have is None or nlist not in (None, have.nlist):
+            self._ivf[column] = have = IVFIndex.build(self.emb[column], nlist)
+        return have
+
+    def set_ivf(self, column: str, ivf: IVFIndex) -> None:
+        self._ivf[column] = ivf
+
+    def search(self, queries, modality: str, k: int = 10, *, model: dict | None = None,
+               approx: bool = False, nprobe: int = 32, nlist: int | None = None) -> retrieval.Hits:
+        """Top k of the other modality for query embeddings (Q, K) (unit-normalised here);
+        `model`: the query encoder's info, refused unless it built the index."""
+        k, column = retrieval.check_k(k), retrieval.gallery_column(modality)
+        gallery = self.emb[column]
+        q = retrieval.check_query(queries, len(self), gallery.shape[1], column, self.model, model,
+                        self.uri)
+        rows, scores = self.ivf(column, nlist).search(q, k, nprobe) if approx else \
+            retrieval.exact_search(q, gallery, k)
+        safe = np.maximum(rows, 0)
+        return retrieval.Hits(rows, scores, self.clip_ids[safe], self.labels[safe])
+
+
+def load_index(uri: str, settings=None) -> Index:
     """The whole index in memory: ids, labels and both embedding matrices (float32)."""
     man = read_manifest(uri, settings)
     out = {"audio_emb": np.empty((man.rows, man.audio_dim), np.float32),
@@ -193,7 +233,7 @@ def load_index(uri: str, settings=None) -> retrieval.Index:
     for row0, block in iter_blocks(uri, settings=settings, man=man):
         for col, values in block.items():
             out[col][row0:row0 + len(values)] = values
-    index = retrieval.Index(out["clip_id"].astype(str), out["label"], out["audio_emb"],
+    index = Index(out["clip_id"].astype(str), out["label"], out["audio_emb"],
                             out["visual_emb"], man.model, uri, man.class_names)
     for column in COLUMNS[2:]:
         ivf = load_ivf(uri, column, index.emb[column], man, settings)
@@ -202,7 +242,7 @@ def load_index(uri: str, settings=None) -> retrieval.Index:
     return index
 
 
-def save_ivf(uri: str, column: str, ivf: retrieval.IVFIndex, man: IndexManifest,
+def save_ivf(uri: str, column: str, ivf: IVFIndex, man: IndexManifest,
              settings=None) -> str:
     """Publish `ivf`'s centroids and row lists as `<uri>/_ivf-<column>.npz` (atomically),
     tagged with the index id so a rewritten index never uses stale lists; returns the URI."""
@@ -217,7 +257,7 @@ def save_ivf(uri: str, column: str, ivf: retrieval.IVFIndex, man: IndexManifest,
 
 
 def load_ivf(uri: str, column: str, gallery: np.ndarray, man: IndexManifest,
-             settings=None) -> retrieval.IVFIndex | None:
+             settings=None) -> IVFIndex | None:
     """The saved IVF lists of `column` if present and made for this index, else None."""
     fs, root = storage.filesystem(uri, settings)
     try:
@@ -227,7 +267,7 @@ def load_ivf(uri: str, column: str, gallery: np.ndarray, man: IndexManifest,
         return None
     if str(saved["index_id"]) != man.index_id or len(saved["assign"]) != len(gallery):
         return None
-    return retrieval.IVFIndex.from_lists(gallery, saved["centroids"], saved["assign"])
+    return IVFIndex.from_lists(gallery, saved["centroids"], saved["assign"])
 
 
 def search_stream(uri: str, queries: np.ndarray, modality: str, k: int = 10, *,

@@ -1,4 +1,4 @@
-"""Top-k cross-modal search: exact (chunked matrix products) and an IVF approximate index.
+"""Top-k cross-modal search: exact (chunked matrix products), query checks, results.
 
 Scores are dot products, i.e. cosine similarities on the unit rows `jobs.embed` writes. The
 order is total: higher score first, equal scores by gallery row (lower first), so results are
@@ -9,10 +9,9 @@ global winner from that block, so the merge is exact). Rows tied at the k-th sco
 resolved by gallery order. The same accumulator searches an index shard by shard
 (`tnn.serve.index.search_stream`): memory bounded by one block.
 
-`IVFIndex` is an inverted-file index (Jegou et al., "Product quantization for nearest
-neighbor search", TPAMI 2011, without the quantisation): spherical k-means centroids split
-the gallery into `nlist` lists; a query scans its `nprobe` nearest lists exactly. `recall_at_k`
-measures it against exact search. Pure numpy; no Ray, MLflow or pyarrow here.
+The approximate search is `tnn.serve.ivf.IVFIndex` (`recall_at_k` measures it against exact
+search); an index in memory that searches either way is `tnn.serve.index.Index`. Pure numpy;
+no Ray, MLflow or pyarrow here.
 """
 
 from __future__ import annotations
@@ -130,112 +129,7 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     return float(np.mean(hits / exact_rows.shape[1]))
 
 
-def kmeans(x: np.ndarray, nlist: int, iters: int = 10, seed: int = 0,
-           chunk_rows: int = 65536) -> np.ndarray:
-    """Spherical k-means (assign by largest dot product, centroid = normalised mean): unit
-    centroids (nlist, D). Empty lists are reseeded from random rows."""
-    rng = np.random.default_rng(seed)
-    cent = x[rng.choice(len(x), nlist, replace=False)].astype(np.float32)
-    for _ in range(iters):
-        assign = assign_lists(x, cent, chunk_rows)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, assign, x)
-        empty = np.flatnonzero(np.bincount(assign, minlength=nlist) == 0)
-        sums[empty] = x[rng.choice(len(x), len(empty), replace=False)]
-        cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return cent
-
-
-def assign_lists(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
-    """The nearest centroid (largest dot product) of every row, in row chunks."""
-    return np.concatenate([np.argmax(x[i:i + chunk_rows] @ centroids.T, axis=1)
-                           for i in range(0, len(x), chunk_rows)]) if len(x) else \
-        np.zeros(0, np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class IVFIndex:
-    """An inverted-file index: `vectors` grouped by list (list l = rows offsets[l]:offsets[l+1]),
-    `rows` their gallery row numbers. Build with `IVFIndex.build`."""
-
-    centroids: np.ndarray  # (nlist, D) unit
-    offsets: np.ndarray  # (nlist + 1,)
-    vectors: np.ndarray  # (N, D), grouped by list
-    rows: np.ndarray  # (N,) gallery row of each vector
-
-    @classmethod
-    def build(cls, gallery: np.ndarray, nlist: int | None = None, *, iters: int = 10,
-              train_rows: int = 100_000, seed: int = 0) -> "IVFIndex":
-        """k-means on at most `train_rows` sampled rows, then every row to its nearest list.
-        Default nlist: 4 sqrt(N), at most N / 8 lists (the usual IVF sizing)."""
-        gallery = np.asarray(gallery, np.float32)
-        n = len(gallery)
-        if n == 0:
-            raise DataError("the gallery is empty (0 rows): nothing to index")
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 8))
-        if not 1 <= nlist <= n:
-            raise ConfigError(f"nlist must be in 1..{n} (the gallery rows); got {nlist}")
-        rng = np.random.default_rng(seed)
-        sample = gallery[np.sort(rng.choice(n, min(n, max(train_rows, nlist)), replace=False))]
-        centroids = kmeans(sample, nlist, iters, seed)
-        return cls.from_lists(gallery, centroids, assign_lists(gallery, centroids))
-
-    @classmethod
-    def from_lists(cls, gallery: np.ndarray, centroids: np.ndarray,
-                   assign: np.ndarray) -> "IVFIndex":
-        """The index of `gallery` rows assigned to lists `assign` (N,) of `centroids`."""
-        if len(assign) != len(gallery) or (len(assign) and assign.max() >= len(centroids)):
-            raise DataError(f"IVF lists do not fit the gallery: {len(assign)} assignments for "
-                            f"{len(gallery)} rows, {len(centroids)} lists")
-        order = np.argsort(assign, kind="stable")
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=len(centroids)))])
-        return cls(np.asarray(centroids, np.float32), offsets, gallery[order],
-                   order.astype(np.int64))
-
-    def assignment(self) -> np.ndarray:
-        """The list of every gallery row (what `from_lists` takes back)."""
-        out = np.empty(len(self.rows), np.int32)
-        out[self.rows] = np.repeat(np.arange(self.nlist), np.diff(self.offsets))
-        return out
-
-    @property
-    def nlist(self) -> int:
-        return len(self.centroids)
-
-    def search(self, queries: np.ndarray, k: int, nprobe: int = 32,
-               query_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Top k among the `nprobe` nearest lists of each query: (rows, scores) like
-        `exact_search`; rows -1 (score -inf) where the probed lists hold fewer than k rows."""
-        k = min(check_k(k), len(self.rows))
-        if not 1 <= nprobe:
-            raise ConfigError(f"nprobe must be >= 1; got {nprobe}")
-        queries, _ = _matrices(queries, self.centroids)
-        parts = [self._search(queries[i:i + query_chunk], k, min(nprobe, self.nlist))
-                 for i in range(0, len(queries), query_chunk)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def _search(self, q: np.ndarray, k: int, nprobe: int):
-        probe = topk_rows(q @ self.centroids.T, nprobe)[0]  # (Q, nprobe) list ids
-        cand_rows = np.full((len(q), nprobe * k), len(self.rows), np.int64)  # sorts last
-        cand = np.full((len(q), nprobe * k), -np.inf, np.result_type(q, self.vectors))
-        flat = probe.ravel()
-        order = np.argsort(flat, kind="stable")
-        starts = np.flatnonzero(np.r_[True, flat[order][1:] != flat[order][:-1]])
-        for seg in np.split(order, starts[1:]):  # the (query, slot) pairs probing one list
-            lst = flat[seg[0]]
-            a, b = self.offsets[lst], self.offsets[lst + 1]
-            if a == b:
-                continue
-            qs, slots = seg // nprobe, seg % nprobe
-            cols, vals = topk_rows(q[qs] @ self.vectors[a:b].T, k)  # (len(qs), <= k)
-            where = slots[:, None] * k + np.arange(cols.shape[1])
-            cand_rows[qs[:, None], where] = self.rows[a + cols]
-            cand[qs[:, None], where] = vals
-        rows, vals = merge_topk((cand_rows[:, :0], cand[:, :0]), (cand_rows, cand), k)
-        return np.where(np.isfinite(vals), rows, -1), vals
-
-
-# --- the query API: an index in memory, model checks, results -----------------------------
+# --- the query API: model checks, results ----------------------------------------------------
 
 def gallery_column(modality: str) -> str:
     """Audio queries search the visual embeddings and vice versa."""
@@ -299,42 +193,3 @@ class Hits:
         return [[{"rank": j + 1, "clip_id": str(c), "score": float(s), "label": int(lab)}
                  for j, (r, c, s, lab) in enumerate(zip(rs, cs, ss, ls)) if r >= 0]
                 for rs, cs, ss, ls in zip(self.rows, self.clip_ids, self.scores, self.labels)]
-
-
-class Index:
-    """An embedding index in memory (`tnn.serve.index.load_index`): search either
-    direction exactly, or approximately through an `IVFIndex` built on first use."""
-
-    def __init__(self, clip_ids, labels, audio_emb, visual_emb, model: dict | None = None,
-                 uri: str = "<memory>", class_names=()) -> None:
-        self.clip_ids, self.labels = np.asarray(clip_ids), np.asarray(labels)
-        self.emb = {"audio_emb": audio_emb, "visual_emb": visual_emb}
-        self.model, self.uri, self.class_names = model or {}, uri, tuple(class_names)
-        self._ivf: dict[str, IVFIndex] = {}
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def ivf(self, column: str, nlist: int | None = None) -> IVFIndex:
-        """The IVF index of `column`: a saved or earlier one (`set_ivf`) unless `nlist` asks
-        for another size, else built now (seconds per 100k rows)."""
-        have = self._ivf.get(column)
-        if have is None or nlist not in (None, have.nlist):
-            self._ivf[column] = have = IVFIndex.build(self.emb[column], nlist)
-        return have
-
-    def set_ivf(self, column: str, ivf: IVFIndex) -> None:
-        self._ivf[column] = ivf
-
-    def search(self, queries, modality: str, k: int = 10, *, model: dict | None = None,
-               approx: bool = False, nprobe: int = 32, nlist: int | None = None) -> Hits:
-        """Top k of the other modality for query embeddings (Q, K) (unit-normalised here);
-        `model`: the query encoder's info, refused unless it built the index."""
-        k, column = check_k(k), gallery_column(modality)
-        gallery = self.emb[column]
-        q = check_query(queries, len(self), gallery.shape[1], column, self.model, model,
-                        self.uri)
-        rows, scores = self.ivf(column, nlist).search(q, k, nprobe) if approx else \
-            exact_search(q, gallery, k)
-        safe = np.maximum(rows, 0)
-        return Hits(rows, scores, self.clip_ids[safe], self.labels[safe])

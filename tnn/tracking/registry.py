@@ -1,20 +1,24 @@
 """The two pyfunc encoders of a run and the model registry: the `mlflow` edge for models.
 
-`log_encoder(s)` logs each branch of a fitted `Encoder` (a `tnn.serve.export` program served by
-`tnn/tracking/pyfunc.py`) as a pyfunc model in the run. The registry holds them as
+`log_checkpoint` puts a training checkpoint into its run: the history plot, the encoder files
+and, through `log_encoder(s)`, each branch of the fitted `Encoder` as a pyfunc model (a
+`tnn.serve.export` program served by `tnn/tracking/pyfunc.py`). The registry holds them as
 `<name>-audio` and `<name>-visual`, whose versions always move together between the aliases
 `challenger` and `champion` (`set_alias` restores the first alias if the second fails; never
 the deprecated stages). `load_encoders("models:/NAME@ALIAS" | "runs:/RUN_ID")` returns both.
+Choosing and promoting a champion: `tnn.tracking.promotion`.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tnn.errors import ConfigError
-from tnn.tracking.runs import DEFAULT_LOCAL_DIR, RunLogger, resolve, using
+from tnn.tracking.runs import (DEFAULT_LOCAL_DIR, RunLogger, open_run, plot_history, resolve,
+                               using)
 from tnn.tracking.runs import client as _client
 
 MODALITIES = ("audio", "visual")
@@ -56,6 +60,18 @@ def log_encoders(logger: RunLogger, encoder) -> dict[str, str]:
     return {m: log_encoder(logger, encoder, m) for m in MODALITIES}
 
 
+def log_checkpoint(logger: RunLogger, checkpoint_dir: str | os.PathLike) -> dict[str, str]:
+    """A `tnn.train.checkpoints` directory into the run: the history plot (plots/history.png),
+    the encoder files (encoder/) and the two pyfunc encoders; returns their model URIs."""
+    from tnn.train.checkpoints import load_encoder, load_state
+    d = Path(checkpoint_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        logger.artifact(plot_history(load_state(d)["history"], Path(tmp) / "history.png"), "plots")
+    for name in ("encoder.pt", "encoder.json", "config.json"):
+        logger.artifact(d / name, "encoder")
+    return log_encoders(logger, load_encoder(d))
+
+
 class Encoders(NamedTuple):
     """What `load_encoders` returns: the two pyfunc models and where they came from."""
 
@@ -81,7 +97,7 @@ def logged_encoders(run_id: str, *, tracking_uri: str | None = None) -> dict:
             order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
         if not models:
             raise ConfigError(f"run {run_id} has no logged '{modality}' encoder "
-                              "(tracking.log_checkpoint logs them)")
+                              "(registry.log_checkpoint logs them)")
         found[modality] = models[0]
     return found
 
@@ -204,3 +220,17 @@ def load_encoders(model_uri: str, *, tracking_uri: str | None = None) -> Encoder
     return Encoders(models["audio"], models["visual"], info)
 
 
+def smoke_model(tracking_uri: str, name: str = "tnn", data: str = "uci-mfeat",
+                alias: str = "champion") -> dict:
+    """Cluster-CCA fitted on `data`, logged and registered as NAME-audio / NAME-visual at
+    `alias` in `tracking_uri` (seconds): the model of `jobs.embed --smoke`, tests and bench.
+    Returns {"versions": {"audio", "visual"}, "run_id"}."""
+    from tnn.data.sources import load_source
+    from tnn.methods.linear import CCAConfig, fit_linear
+    p = load_source(data)
+    logger, _ = open_run(tracking_uri, "embed-smoke", f"{name}-smoke")
+    log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))
+    versions = register_encoders(logger.run_id, name, tracking_uri=tracking_uri)
+    set_alias(name, alias, versions, tracking_uri=tracking_uri)
+    logger.finish()
+    return {"versions": versions, "run_id": logger.run_id}

@@ -1,4 +1,4 @@
-"""MLflow runs for training jobs: the only `mlflow` importer of tnn.
+"""MLflow runs for training jobs (`mlflow` is imported only under tnn/tracking/).
 
 One `RunLogger` per process talks to one run through `mlflow.MlflowClient` (no fluent API, so
 no process-wide active run that a worker could leave RUNNING). The driver opens the run
@@ -11,6 +11,8 @@ Where runs go (`resolve`): an explicit `tracking_uri`, else `$MLFLOW_TRACKING_UR
 embedded default `sqlite:///<local_dir>/mlflow.db` with artifacts in `<local_dir>/mlartifacts`
 (an explicit artifact location: MLflow would otherwise use `./mlruns` of whatever directory
 the process runs in). `import mlflow` takes 1-2.5 s, so it happens inside the functions.
+The encoders as MLflow models and the registry: `tnn.tracking.registry` (which imports this
+module, never the other way round).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tnn.config import flatten
+from tnn.errors import ConfigError
 
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 MAX_PARAM_CHARS = 6000
@@ -120,7 +123,7 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, *, run_id: str |
     return RunLogger(tracking_uri, run.info.run_id), True
 
 
-# --- checkpoints as run artifacts (the encoders as MLflow models: tnn.tracking.registry) ------------
+# --- the embedded store, the global URIs, plots (the encoders as MLflow models: registry) ---
 
 DEFAULT_LOCAL_DIR = "./runs/mlflow"  # MLflowConfig.local_dir: the embedded store of the jobs
 
@@ -129,21 +132,34 @@ DEFAULT_LOCAL_DIR = "./runs/mlflow"  # MLflowConfig.local_dir: the embedded stor
 def using(tracking_uri: str):
     """MLflow's process-wide tracking and registry URIs (and their environment variables) set
     to `tracking_uri` for the block, then restored: for MLflow calls that read only the global
-    (`Model.log`); everything else here passes the URI to an `MlflowClient`."""
+    (`Model.log`); everything else here passes the URI to an `MlflowClient`.
+
+    Public API only: `mlflow.set_tracking_uri` / `set_registry_uri` mirror a set URI into
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, so the saved variables hold what was in force;
+    afterwards the globals are unset (None) and the variables put back, and MLflow resolves
+    the same URIs as before the block."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as service
-    saved = service._tracking_uri, registry._registry_uri, {
-        k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry._registry_uri = saved[1]
-        for key, value in saved[2].items():
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@contextmanager
+def mlflow_errors():
+    """An `MlflowException` in the block becomes a `ConfigError` naming its first line (what a
+    job prints as its one error line: a missing experiment, model or alias)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        yield
+    except MlflowException as err:
+        raise ConfigError(f"MLflow: {err.message.splitlines()[0]}") from None
 
 
 def plot_history(history: list[dict], path: Path) -> Path:
@@ -164,19 +180,6 @@ def plot_history(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def log_checkpoint(logger: RunLogger, checkpoint_dir: str | os.PathLike) -> dict[str, str]:
-    """A `tnn.train.checkpoints` directory into the run: the history plot (plots/history.png), the
-    encoder files (encoder/) and the two pyfunc encoders; returns their model URIs."""
-    from tnn.train.checkpoints import load_encoder, load_state
-    d = Path(checkpoint_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        logger.artifact(plot_history(load_state(d)["history"], Path(tmp) / "history.png"), "plots")
-    for name in ("encoder.pt", "encoder.json", "config.json"):
-        logger.artifact(d / name, "encoder")
-    from tnn.tracking.registry import log_encoders
-    return log_encoders(logger, load_encoder(d))
 
 
 def client(tracking_uri: str | None):

@@ -3,7 +3,12 @@
 A checkpoint directory holds `state.pt` (training state: net, optimiser, epoch, RNG states,
 early-stopping history, best net, the final result), `config.json` (the resolved job config)
 and the selected encoder as `encoder.pt` (state dict) + `encoder.json` (`encoder_spec`), from
-which `load_encoder` rebuilds the modules without the training code.
+which `load_encoder` rebuilds the modules without the training code. The early-stopping part
+of the state is `tnn.methods.loop`'s.
+
+The run's note beside Ray's run folder (`RUN_INFO`: the MLflow run id, so a relaunched run
+appends to the same MLflow run) is written and read here too, with `storage_of`, the
+(path, filesystem) a Ray `RunConfig` takes for local or s3:// storage.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from torch import nn
 
 from tnn.config import from_dict, to_dict
 from tnn.core.encoder import Affine, Encoder
+from tnn.data import storage
 from tnn.methods.tnn import TNNConfig, build_net
+
+RUN_INFO = "tnn_run.json"
 
 
 def widths(dims: tuple[int, int], num_classes: int):
@@ -79,3 +87,32 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+# --- the run's note and storage -------------------------------------------------------------
+
+def storage_of(path: str):
+    """(storage_path, storage_filesystem) for RunConfig: s3:// via tnn.data.storage, else absolute."""
+    if storage.is_s3(path):
+        bucket, key = storage.split_s3(path)
+        return f"{bucket}/{key}".rstrip("/"), storage.s3_filesystem()
+    return os.path.abspath(os.path.expanduser(path)), None
+
+
+def read_run_info(storage_path: str, run_name: str) -> dict | None:
+    """The job's note beside Ray's run folder (MLflow run id), or None for a new run."""
+    fs, root = storage.filesystem(storage.join(storage.join(storage_path, run_name), RUN_INFO))
+    try:
+        with fs.open_input_stream(root) as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_run_info(storage_path: str, run_name: str, info: dict) -> None:
+    uri = storage.join(storage_path, run_name)
+    fs, root = storage.filesystem(uri)
+    if not storage.is_s3(uri):
+        fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{RUN_INFO}") as f:
+        f.write(json.dumps(info, indent=1).encode())

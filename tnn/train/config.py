@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tnn.errors import ConfigError
-from tnn.methods import _e2e_default
+from tnn.methods import e2e_default
 from tnn.methods.tnn import TNNConfig
 
 
@@ -36,7 +36,7 @@ class TrainJobConfig:
     """Fold assignment seed (in-memory sources)."""
     subset: int = 0
     """Keep a class-balanced subset of this many clips before splitting (0 = all)."""
-    tnn: TNNConfig = dataclasses.field(default_factory=_e2e_default)
+    tnn: TNNConfig = dataclasses.field(default_factory=e2e_default)
     """The method; train.batch_size is the global batch (split evenly over workers)."""
     workers: int = 2
     use_gpu: bool = False

@@ -37,10 +37,9 @@ import torch
 import torch.distributed as dist
 
 from tnn.core.cca import CCAStats
-from tnn.errors import ConfigError, DataError
-from tnn.core.losses import REDUCTIONS, combined_loss, triplet_loss
-from tnn.core.cca_loss import cluster_cca_loss
+from tnn.core.losses import REDUCTIONS, combined_loss
 from tnn.core.mining import check_directions
+from tnn.errors import ConfigError, DataError
 
 
 def is_initialized() -> bool:
@@ -211,7 +210,8 @@ def global_batch_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels:
     L_r (module docstring): after DDP's averaging, ``total.backward()`` gives the gradient of
     the single-process loss. One process: exactly `combined_loss`.
 
-    Two collectives in the forward pass: the packed all-gather (`gather_batch`; ``rows`` as in
+    It calls `combined_loss` once per direction and normalises the hinge sums globally. Two
+    collectives in the forward pass: the packed all-gather (`gather_batch`; ``rows`` as in
     `gather`, else a shape check first) and ONE all-reduce of every direction's hinge sum and
     counts, which gives both the global normalisers and the global values; the backward adds
     one all-reduce.
@@ -227,29 +227,40 @@ def global_batch_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels:
     ref_labels, ref_audio, ref_visual = gather_batch(labels, audio_emb, visual_emb, rows)
     self_index = rank() * b + torch.arange(b, device=ref_labels.device)  # (b,) own pair's ref row
     labels = ref_labels[self_index]  # (b,) on the embeddings' device
-    sides = {"a2v": (audio_emb, ref_visual), "v2a": (visual_emb, ref_audio)}
-    local = {d: triplet_loss(sides[d][0], labels, sides[d][1], ref_labels, reduction="sum",
-                             self_index=self_index, **triplet_kwargs) for d in directions}
+    # hinge SUMS per direction (normalisers are global); the CCA term with the last direction, so
+    # autograd adds the gradients in one process's order
+    local = {d: combined_loss(audio_emb, visual_emb, labels, ref_audio_emb=ref_audio,
+                              ref_visual_emb=ref_visual, ref_labels=ref_labels,
+                              self_index=self_index, directions=(d,), w_triplet=1.0,
+                              w_cca=w_cca if i == len(directions) - 1 else 0.0, cca=cca,
+                              cca_kwargs=cca_kwargs, reduction="sum", **triplet_kwargs)
+             for i, d in enumerate(directions)}
+    out, shares = _normalised(local, reduction)
+    triplet = torch.stack([out[f"triplet_{d}"] for d in directions]).mean()  # global value
+    share = w * torch.stack(shares).mean()  # sums over ranks to W times the triplet term
+    cca_term = local[directions[-1]]["cca"]  # the same batch, hence value, on every rank: no factor
+    total = w_triplet * triplet + w_cca * cca_term.detach()
+    return {"total": _valued(w_triplet * share + w_cca * cca_term, total),
+            "triplet": _valued(share, triplet), "cca": cca_term, **out}
+
+
+def _normalised(local: dict, reduction: str) -> tuple[dict, list]:
+    """Per direction d, from this rank's `combined_loss` hinge sums: ONE all-reduce of every
+    direction's (hinge sum, triplets, active triplets); the global values and counts, and this
+    rank's share S_dr / N_d (with its gradient)."""
+    keys = ("triplet", "num_triplets", "num_active")
     sums = all_reduce_sum(torch.stack([  # (dirs, 3): global hinge sums and counts
-        torch.stack([x.detach().double() for x in (res.loss, res.num_triplets, res.num_active)])
-        for res in local.values()]))
+        torch.stack([res[f"{k}_{d}"].double() for k in keys]) for d, res in local.items()]))
     out, shares = {}, []
     for (d, res), (hinge, n_trip, n_act) in zip(local.items(), sums):
         denom = {"mean": n_trip, "mean_positive": n_act, "sum": torch.ones_like(n_trip)}
         denom = denom[reduction].clamp_min(1)
-        shares.append(res.loss / denom.to(res.loss.dtype))  # this rank's share of the mean
-        out.update({f"triplet_{d}": (hinge / denom).to(res.loss.dtype),
+        term = res["triplet"]  # this rank's hinge sum of direction d, with its gradient
+        shares.append(term / denom.to(term.dtype))  # this rank's share of the mean
+        out.update({f"triplet_{d}": (hinge / denom).to(term.dtype),
                     f"num_triplets_{d}": n_trip.long(), f"num_active_{d}": n_act.long(),
                     f"frac_active_{d}": (n_act / n_trip.clamp_min(1)).float()})
-    triplet = torch.stack([out[f"triplet_{d}"] for d in directions]).mean()  # global value
-    share = w * torch.stack(shares).mean()  # sums over ranks to W times the triplet term
-    cca_term = share.new_zeros(())
-    if w_cca != 0:  # the same batch, hence the same value and no factor, on every rank
-        cca_term = (cca or cluster_cca_loss)(ref_audio, ref_labels, ref_visual, ref_labels,
-                                             **(cca_kwargs or {}))
-    total = w_triplet * triplet + w_cca * cca_term.detach()
-    return {"total": _valued(w_triplet * share + w_cca * cca_term, total),
-            "triplet": _valued(share, triplet), "cca": cca_term, **out}
+    return out, shares
 
 
 def _valued(term: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Naive top-k reference: every score as an explicit float64 dot product, one Python sort per
-query on (-score, gallery row). Slow and obvious on purpose; tnn.serve.search is compared with it."""
+query on (-score, gallery row). Slow and obvious on purpose; tnn.serve.search is compared with
+it."""
 
 from __future__ import annotations
 
