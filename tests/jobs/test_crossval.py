@@ -33,7 +33,7 @@ def test_smoke_runs_every_registered_method(tmp_path):
     res = json.loads(out.read_text())
     assert res["folds"] == 2 and res["dim"] == 9
     assert list(res["methods"]) == ["cca", "kcca", "dcca", "c-cca", "c-kcca", "c-dcca",
-                                    "tnn-c-cca", "tnn-e2e"]
+                                    "tnn-c-cca", "tnn-e2e", "tnn-label"]
     assert res["methods"]["tnn-e2e"]["params"]["pipeline"] == "e2e"
     pr = res["methods"]["c-cca"]["pr_a2v"]
     assert len(pr["recall"]) == len(pr["precision"]) == 11 and pr["recall"][-1] == 1.0

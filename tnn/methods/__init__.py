@@ -7,6 +7,7 @@ test fold's audio and visual features into one space compared by cosine similari
     kcca, c-kcca        Nystrom kernel (cluster-)CCA           `tnn.methods.kcca.fit_kcca`
     dcca, c-dcca        deep (cluster-)CCA                     `tnn.methods.dcca.fit_deep`
     tnn-c-cca, tnn-e2e  the paper's triplet network            `tnn.methods.tnn.fit_tnn`
+    tnn-label           proxy/triplet net, label-space readout  `tnn.methods.label.fit_label`
 
 The common dimension k, the ridge (unless a baseline's sub-config overrides it) and, for the
 c- variants, the cluster blend beta come from `MethodsConfig.cca`; the plain variants use
@@ -24,6 +25,7 @@ from tnn.data.pairs import Pairs
 from tnn.errors import ConfigError
 from tnn.methods.dcca import DCCAConfig, fit_deep
 from tnn.methods.kcca import KCCAConfig, fit_kcca
+from tnn.methods.label import LabelConfig, fit_label, label_default
 from tnn.methods.linear import CCAConfig, fit_linear
 from tnn.methods.tnn import TNNConfig, TrainConfig, fit_tnn
 
@@ -70,6 +72,7 @@ class MethodsConfig:
     cca: CCAConfig = dataclasses.field(default_factory=CCAConfig)
     tnn_c_cca: TNNConfig = dataclasses.field(default_factory=two_stage_default)
     tnn_e2e: TNNConfig = dataclasses.field(default_factory=e2e_default)
+    tnn_label: LabelConfig = dataclasses.field(default_factory=label_default)
     baselines: BaselinesConfig = dataclasses.field(default_factory=BaselinesConfig)
     """kcca, c-kcca, dcca, c-dcca (`BASELINES`); k, ridge and beta come from `cca`."""
 
@@ -78,7 +81,7 @@ class MethodsConfig:
         def put(c):
             return dataclasses.replace(c, cca=dataclasses.replace(c.cca, dim=dim))
         return dataclasses.replace(self, cca=put(self).cca, tnn_c_cca=put(self.tnn_c_cca),
-                                   tnn_e2e=put(self.tnn_e2e))
+                                   tnn_e2e=put(self.tnn_e2e), tnn_label=put(self.tnn_label))
 
 
 Fit = Callable[[Pairs, MethodsConfig, Callable[[str], None]], Encoder]
@@ -110,6 +113,7 @@ METHODS: dict[str, Fit] = {  # the paper's order
     "c-dcca": _baseline("c-dcca"),
     "tnn-c-cca": _tnn("tnn_c_cca"),
     "tnn-e2e": _tnn("tnn_e2e"),
+    "tnn-label": lambda train, cfg, log: fit_label(train, cfg.tnn_label, log),
 }
 
 

@@ -26,7 +26,8 @@ DEFAULT_METHODS = tuple(registry.METHODS)
 """Every registered method, in the registry's order (`jobs.crossval` without --methods)."""
 SMOKE = ("folds=2", "settings.tnn_c_cca.train.epochs=2", "settings.tnn_e2e.train.epochs=2",
          "settings.baselines.dcca.epochs=2", "settings.baselines.c_dcca.epochs=2",
-         "settings.baselines.kcca.rank=200")  # a seconds-long check (`jobs.crossval --smoke`)
+         "settings.baselines.kcca.rank=200", "settings.tnn_label.epochs=2",
+         "settings.tnn_label.kcca.rank=200")  # a seconds-long check (`jobs.crossval --smoke`)
 
 
 @dataclasses.dataclass(frozen=True)
