@@ -188,10 +188,21 @@ def child_argv(args) -> list[str]:
     return out + [x for s in args.set for x in ("--set", s)]
 
 
+def merge(store: dict, other: dict) -> None:
+    """Add `other`'s data set x method results to `store` (`other`'s win)."""
+    for spec, entry in other["sets"].items():
+        mine = store["sets"].setdefault(spec, entry)
+        if mine is not entry:
+            mine["methods"] = {**mine["methods"], **entry["methods"]}
+
+
 def run_parallel(args, specs: list[str]) -> None:
     """`--jobs N`: the data sets dealt round-robin to N child runs of this command, each with its
     own part JSON (seeded from --json with --resume), merged into --json at the end."""
     store = read_store(args.json, args.folds, args.seed, args.resume)
+    if args.resume:  # the parts an interrupted --jobs run left behind
+        for part in sorted(Path(args.json).parent.glob(Path(args.json).name + ".part*")):
+            merge(store, read_store(str(part), args.folds, args.seed, True))
     children = []
     for k in range(args.jobs):
         part, mine = f"{args.json}.part{k}", specs[k::args.jobs]
@@ -207,7 +218,7 @@ def run_parallel(args, specs: list[str]) -> None:
             sys.exit(f"view_pairs: a child run failed (exit {child.returncode}); its results "
                      f"so far are in {part}")
     for part, _ in children:
-        store["sets"].update(json.loads(Path(part).read_text())["sets"])
+        merge(store, json.loads(Path(part).read_text()))
     store["sets"] = {s: store["sets"][s] for s in specs if s in store["sets"]}
     write_store(args.json, store)
     for part, _ in children:

@@ -91,3 +91,28 @@ def test_jobs_split_the_data_sets_over_processes_and_merge_in_order(tmp_path, ca
     maps = lambda sets: {(d, m): (r["a2v_map_folds"], r["v2a_map_folds"])  # noqa: E731
                          for d, e in sets.items() for m, r in e["methods"].items()}
     assert maps(single) == maps(store["sets"])  # the same results as one process
+
+
+def test_jobs_resume_picks_up_the_parts_of_an_interrupted_run(tmp_path, monkeypatch):
+    out = tmp_path / "vp.json"
+    args = ["--pairs", "fou,pix", "zer,mor", "--methods", "cca,c-cca", "--folds", "2",
+            "--json", str(out)]
+    assert view_pairs.main(args[:-2] + ["--json", str(tmp_path / "one.json")]) == 0
+    done = json.loads((tmp_path / "one.json").read_text())
+    # as if a --jobs 2 run was killed: part0 has fou,pix (both methods), part1 zer,mor (cca only)
+    zm = done["sets"]["uci-mfeat:zer,mor"]
+    part1 = {**done, "sets": {"uci-mfeat:zer,mor": {**zm, "methods": {"cca": zm["methods"]["cca"]}}}}
+    (tmp_path / "vp.json.part0").write_text(json.dumps({**done, "sets": {
+        "uci-mfeat:fou,pix": done["sets"]["uci-mfeat:fou,pix"]}}))
+    (tmp_path / "vp.json.part1").write_text(json.dumps(part1))
+    ran = []
+    monkeypatch.setattr(view_pairs.subprocess, "Popen", lambda cmd: ran.append(cmd) or
+                        type("P", (), {"wait": lambda self: view_pairs.main(cmd[3:]),
+                                       "returncode": 0})())
+    assert view_pairs.main(args + ["--jobs", "2", "--resume"]) == 0
+    sets = json.loads(out.read_text())["sets"]
+    assert sets["uci-mfeat:fou,pix"] == done["sets"]["uci-mfeat:fou,pix"]  # kept as it was
+    assert sets["uci-mfeat:zer,mor"]["methods"]["cca"] == zm["methods"]["cca"]  # not rerun
+    got = sets["uci-mfeat:zer,mor"]["methods"]["c-cca"]  # the missing one, filled in
+    assert got["a2v_map_folds"] == zm["methods"]["c-cca"]["a2v_map_folds"]
+    assert len(ran) == 2 and not list(tmp_path.glob("vp.json.part*"))
