@@ -3,6 +3,11 @@
     flock /tmp/tnn-ray.lock python -m bench.retrieval     # 200k clips (128-d / 1024-d)
     flock /tmp/tnn-ray.lock python -m bench.retrieval --smoke     # 20k clips
     python -m bench.retrieval --index URI --tracking-uri URI     # search part only
+    python -m bench.retrieval --synthetic --rows 1000000         # search only, no Ray / S3
+
+`--synthetic`: a gallery of `--rows` unit embeddings of the project's width (`--dim`, default
+9: the CCA dimension classes - 1 of 10-class VEGAS) drawn like a model's output (10 class
+centres plus noise), queries from the same law; only step 3 runs.
 
 1. Starts moto's S3 server on 127.0.0.1, writes `synthetic:ROWS` feature shards to it
    (`tnn.data.write`), registers a cluster-CCA model fitted on a separate synthetic draw
@@ -18,7 +23,9 @@
    (`tnn.serve.search.exact_search`) is compared with a brute-force numpy reference (one full
    matrix product, stable argsort) on `--ref-queries`; then exact search and the IVF index at
    each `--nprobe` run alternately, `--repeats` times (best time kept): recall@k vs exact and
-   the speed-up. Prints a table, then one JSON line.
+   the speed-up; the IVF index on each backend side by side: numpy (`tnn.serve.ivf`) and
+   FAISS (`tnn.serve.faiss_ivf`, when faiss-cpu is installed), built on the same gallery with
+   the same nlist. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import numpy as np
 
 from tnn.serve import index as embedding_shards
 from tnn.serve import search as retrieval
-from tnn.serve.ivf import IVFIndex
+from tnn.serve import ivf as ivf_lists
 
 
 def parse(argv) -> argparse.Namespace:
@@ -58,11 +65,17 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--index", help="search this existing index (no server, no embedding)")
     p.add_argument("--tracking-uri", help="with --index: the MLflow store of its model")
     p.add_argument("--smoke", action="store_true", help="20,000 clips, 1 repeat")
+    p.add_argument("--synthetic", action="store_true",
+                   help="search a synthetic embedding gallery (no S3, Ray or model)")
+    p.add_argument("--dim", type=int, default=9, help="--synthetic: embedding width")
+    p.add_argument("--backends", default="numpy,faiss",
+                   help="IVF backends to compare (faiss skipped when not installed)")
     args = p.parse_args(argv)
     if args.smoke:
         args.rows, args.repeats = 20_000, 1
     args.nprobe = [int(x) for x in args.nprobe.split(",")]
     args.also_rows = [int(x) for x in args.also_rows.split(",") if x]
+    args.backends = [b for b in args.backends.split(",") if b]
     return args
 
 
@@ -153,20 +166,34 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def search_bench(index, queries: np.ndarray, args) -> dict:
-    gallery, k = index.emb["visual_emb"], args.k
-    nref = min(args.ref_queries, len(queries))
+def available(backends: list[str]) -> list[str]:
+    out = []
+    for b in backends:
+        try:
+            out.append(ivf_lists.backend(b))
+        except Exception as err:  # faiss not installed: said in the output, not fatal
+            print(f"skipping the {b} backend: {err}", flush=True)
+    return out
+
+
+def search_bench(gallery: np.ndarray, queries: np.ndarray, args) -> dict:
+    k = args.k
+    nref = min(args.ref_queries, len(queries), max(1, 20_000_000 // len(gallery)))
     exact_rows, exact_scores = retrieval.exact_search(queries[:nref], gallery, k)
     ref_rows, ref_scores = brute_force(queries[:nref], gallery, k)
     same = (exact_rows == ref_rows).all(axis=1)
-    build_s, ivf = timed(lambda: IVFIndex.build(gallery, args.nlist))
+    backends = available(args.backends)
+    ivfs, build_s = {}, {}
+    for b in backends:
+        build_s[b], ivfs[b] = timed(lambda b=b: ivf_lists.build(gallery, args.nlist,
+                                                                backend_name=b))
     runs: dict[str, list[float]] = {}
     results = {}
-    names = ["exact"] + [f"ivf nprobe {p}" for p in args.nprobe]
+    names = ["exact"] + [f"{b} ivf nprobe {p}" for b in backends for p in args.nprobe]
     for rep in range(args.repeats):
         for name in (names if rep % 2 == 0 else names[::-1]):
             fn = (lambda: retrieval.exact_search(queries, gallery, k)) if name == "exact" else \
-                (lambda p=int(name.split()[-1]): ivf.search(queries, k, p))
+                (lambda b=name.split()[0], p=int(name.split()[-1]): ivfs[b].search(queries, k, p))
             seconds, results[name] = timed(fn)
             runs.setdefault(name, []).append(seconds)
     best = {n: min(r) for n, r in runs.items()}
@@ -174,7 +201,8 @@ def search_bench(index, queries: np.ndarray, args) -> dict:
     return {"gallery_rows": len(gallery), "width": gallery.shape[1], "queries": len(queries),
             "k": k, "ref_queries": nref, "exact_equals_reference_rows": int(same.sum()),
             "exact_max_abs_score_diff": float(np.abs(exact_scores - ref_scores).max()),
-            "ivf_nlist": ivf.nlist, "ivf_build_s": build_s, "seconds": best, "runs": runs,
+            "ivf_nlist": {b: ivfs[b].nlist for b in backends}, "ivf_build_s": build_s,
+            "seconds": best, "runs": runs,
             "queries_per_s": {n: len(queries) / s for n, s in best.items()},
             "recall": {n: retrieval.recall_at_k(results[n][0], exact) for n in names[1:]},
             "speedup": {n: best["exact"] / best[n] for n in names[1:]}}
@@ -185,11 +213,12 @@ def report(out: dict) -> None:
     print(f"exact search vs brute-force numpy: {s['exact_equals_reference_rows']}/"
           f"{s['ref_queries']} queries with identical top-{s['k']} rows, max |score diff| "
           f"{s['exact_max_abs_score_diff']:.2g}")
-    print(f"IVF: {s['ivf_nlist']} lists built in {s['ivf_build_s']:.1f} s on "
-          f"{s['gallery_rows']} x {s['width']}; {s['queries']} audio->visual queries, k {s['k']}")
-    print(f"{'search':16s} {'seconds':>8s} {'queries/s':>10s} {'recall@k':>9s} {'speed-up':>9s}")
+    for b, nlist in s["ivf_nlist"].items():
+        print(f"IVF ({b}): {nlist} lists built in {s['ivf_build_s'][b]:.1f} s on "
+              f"{s['gallery_rows']} x {s['width']}; {s['queries']} queries, k {s['k']}")
+    print(f"{'search':24s} {'seconds':>8s} {'queries/s':>10s} {'recall@k':>9s} {'speed-up':>9s}")
     for name, sec in s["seconds"].items():
-        print(f"{name:16s} {sec:8.3f} {s['queries_per_s'][name]:10.0f} "
+        print(f"{name:24s} {sec:8.3f} {s['queries_per_s'][name]:10.0f} "
               f"{s['recall'].get(name, 1.0):9.4f} {s['speedup'].get(name, 1.0):8.1f}x")
     for rows, e in sorted({**out.get("embed_scaling", {}),
                            **({out["rows"]: out["embed"]} if "embed" in out else {})}.items()):
@@ -201,6 +230,17 @@ def report(out: dict) -> None:
               f"{e['largest_private_peak_mib']} MiB ({e['largest_private_process']}), all "
               f"processes {e['tree_private_peak_mib']} MiB; object store (/dev/shm) "
               f"{e['object_store_shm_peak_mib']} MiB; features {e['features_mib']} MiB")
+
+
+def synthetic_embeddings(n: int, dim: int, seed: int, classes: int = 10) -> np.ndarray:
+    """Unit rows like a model's embeddings: `classes` centres plus noise, in 1M-row blocks."""
+    centres = np.random.default_rng(0).normal(size=(classes, dim))
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), np.float32)
+    for a in range(0, n, 1 << 20):
+        b = min(n, a + (1 << 20))
+        out[a:b] = centres[rng.integers(classes, size=b - a)] + rng.normal(size=(b - a, dim))
+    return retrieval.normalise(out)
 
 
 def queries_for(model: dict, n: int, tracking_uri: str) -> np.ndarray:
@@ -245,17 +285,23 @@ def run_all(args, tmp: str) -> dict:
         seconds, index = timed(lambda: embedding_shards.load_index(index_uri))
         out["index_load_s"] = seconds
         queries = queries_for(index.model, args.queries, tracking_uri)
-        out["search"] = search_bench(index, retrieval.normalise(queries), args)
+        out["search"] = search_bench(index.emb["visual_emb"], retrieval.normalise(queries),
+                                     args)
     return out
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    if args.index:
+    if args.synthetic:
+        gallery = synthetic_embeddings(args.rows, args.dim, seed=1)
+        out = {"rows": args.rows, "gallery": f"synthetic {args.dim}-d embeddings",
+               "search": search_bench(gallery, synthetic_embeddings(args.queries, args.dim, 2),
+                                      args)}
+    elif args.index:
         index = embedding_shards.load_index(args.index)
         out = {"rows": len(index), "search": search_bench(
-            index, retrieval.normalise(queries_for(index.model, args.queries,
-                                                   args.tracking_uri)), args)}
+            index.emb["visual_emb"], retrieval.normalise(queries_for(
+                index.model, args.queries, args.tracking_uri)), args)}
     else:
         with tempfile.TemporaryDirectory(prefix="tnn-bench-retrieval-") as tmp:
             out = run_all(args, tmp)

@@ -5,6 +5,8 @@
     python -m bench.view_pairs --resume                       # continue an interrupted run
     python -m bench.view_pairs --table-only                   # the table from the JSON
     python -m bench.view_pairs --jobs 2                       # data sets in 2 processes
+    python -m bench.view_pairs --methods tnn-label --merge docs/results/view_pairs.json \
+        --json new.json                                       # re-run one method, keep the rest
 
 Data sets: the 15 unordered pairs of the UCI multiple-features views in the order
 fou, fac, kar, pix, zer, mor (the first view of a pair as audio), then the small/noisy
@@ -14,7 +16,9 @@ folds with `--seed`, fit on the training part, MAP both ways on the test fold). 
 (`--json`) is {"folds", "seed", "sets": {data set: the crossval result JSON of
 `protocol.result_json`, its "methods" holding each method run so far}}; it is rewritten after
 every data set x method, and --resume skips the entries already there, so a run of hours can
-be resumed. The end: a JSON summary line, then a Markdown table: per data set the best baseline
+be resumed. --merge OLD starts from OLD's results (same folds and seed) with the --methods
+entries dropped, so only those methods run and every other method's result is kept as it was
+(with --resume and an existing --json, that file is continued instead). The end: a JSON summary line, then a Markdown table: per data set the best baseline
 (of cca kcca dcca c-cca c-kcca c-dcca: name and mean MAP of both directions), each tnn-*
 method's mean MAP, the margin (best tnn-* minus best baseline), the target
 min(0.03, (1 - best baseline) / 3) and whether the margin meets it.
@@ -67,6 +71,26 @@ def read_store(path: str, folds: int, seed: int, resume: bool) -> dict:
                      f"--resume needs folds={folds} seed={seed}")
         return store
     return {"folds": folds, "seed": seed, "sets": {}}
+
+
+def merge_base(path: str, folds: int, seed: int, methods: list[str]) -> dict:
+    """`path`'s results without `methods` (they are to be re-run): the start of a --merge run."""
+    if not Path(path).is_file():
+        sys.exit(f"view_pairs: --merge {path}: no such file")
+    store = read_store(path, folds, seed, True)
+    for entry in store["sets"].values():
+        entry["methods"] = {m: r for m, r in entry["methods"].items() if m not in methods}
+    return store
+
+
+def initial_store(args) -> dict:
+    """The JSON a run extends: --json itself with --resume when it exists, else --merge's base,
+    else `read_store` (empty without --resume)."""
+    if args.merge and not (args.resume and Path(args.json).is_file()):
+        if not args.methods:
+            sys.exit("view_pairs: --merge needs --methods (the methods to re-run)")
+        return merge_base(args.merge, args.folds, args.seed, args.methods.split(","))
+    return read_store(args.json, args.folds, args.seed, args.resume)
 
 
 def write_store(path: str, store: dict) -> None:
@@ -156,6 +180,8 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="docs/results/view_pairs.json")
     ap.add_argument("--resume", action="store_true", help="skip data set x method already in --json")
+    ap.add_argument("--merge", metavar="JSON", help="start from this results JSON minus the "
+                    "--methods entries: re-run only those, keep every other method's results")
     ap.add_argument("--table-only", action="store_true", help="only print the table of --json")
     ap.add_argument("--big-synthetic", action="store_true", help=f"also {BIG_SYNTHETIC}")
     ap.add_argument("--smoke", action="store_true", help="crossval's smoke settings (2 epochs, ...)")
@@ -199,7 +225,7 @@ def merge(store: dict, other: dict) -> None:
 def run_parallel(args, specs: list[str]) -> None:
     """`--jobs N`: the data sets dealt round-robin to N child runs of this command, each with its
     own part JSON (seeded from --json with --resume), merged into --json at the end."""
-    store = read_store(args.json, args.folds, args.seed, args.resume)
+    store = initial_store(args)
     if args.resume:  # the parts an interrupted --jobs run left behind
         for part in sorted(Path(args.json).parent.glob(Path(args.json).name + ".part*")):
             merge(store, read_store(str(part), args.folds, args.seed, True))
@@ -219,7 +245,8 @@ def run_parallel(args, specs: list[str]) -> None:
                      f"so far are in {part}")
     for part, _ in children:
         merge(store, json.loads(Path(part).read_text()))
-    store["sets"] = {s: store["sets"][s] for s in specs if s in store["sets"]}
+    keep = specs + ([s for s in store["sets"] if s not in specs] if args.merge else [])
+    store["sets"] = {s: store["sets"][s] for s in keep if s in store["sets"]}
     write_store(args.json, store)
     for part, _ in children:
         os.remove(part)
@@ -232,7 +259,7 @@ def main(argv=None) -> int:
     elif not args.table_only:
         torch.set_num_threads(args.threads)
         cfg = build_config(args)
-        store = read_store(args.json, cfg.folds, cfg.seed, args.resume)
+        store = initial_store(args)
         start, ran = time.perf_counter(), 0
         specs = data_sets(args.pairs, args.big_synthetic)
         for i, spec in enumerate(specs, 1):

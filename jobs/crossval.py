@@ -16,47 +16,62 @@ It ends with one line: `crossval: best <method> mean MAP 0.xxx over K folds (...
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 
-from jobs.common import emit_error, print_config
+from jobs.common import JobParser, at_least, emit_error, print_config
 from tnn import methods as registry
 from tnn.config import load
-from tnn.data.write import write_json
-from tnn.errors import TnnError
+from tnn.data.write import check_writable, write_json
+from tnn.errors import ConfigError, TnnError
 from tnn.methods import protocol
 from tnn.methods.protocol import CrossvalConfig
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.crossval", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.crossval", description=__doc__.split("\n")[0])
     ap.add_argument("--config", help="YAML preset (holds only what it changes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override, e.g. --set settings.tnn_e2e.train.epochs=20")
     ap.add_argument("--data", help="data source (default uci-mfeat = fou -> pix)")
     ap.add_argument("--methods", help=f"comma-separated, from {','.join(registry.METHODS)}")
-    ap.add_argument("--folds", type=int)
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--dim", type=int, help="CCA dimension / common-space width for every method")
+    ap.add_argument("--folds", type=at_least(2))
+    ap.add_argument("--seed", type=at_least(0))
+    ap.add_argument("--dim", type=at_least(1),
+                    help="CCA dimension / common-space width for every method")
     ap.add_argument("--json", help="write the results JSON here (a path or s3://bucket/key)")
     ap.add_argument("--smoke", action="store_true", help="2 folds, 2 epochs: a seconds-long check")
     return ap.parse_args(argv)
 
 
+def methods(text: str) -> tuple[str, ...]:
+    """`--methods cca,c-cca` -> ('cca', 'c-cca'): names, not YAML; each one registered."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise ConfigError(f"--methods {text!r}: expected comma-separated method names from "
+                          f"{','.join(registry.METHODS)}")
+    for name in names:
+        registry.get(name)
+    return names
+
+
 def build_config(args) -> CrossvalConfig:
+    """Defaults <- --smoke <- --config <- --set <- the options. Option values are taken as
+    they are (`--json 'out #1.json'` is that file), only --set values are YAML."""
     sets = (list(protocol.SMOKE) if args.smoke else []) + list(args.set)
     for key in ("data", "folds", "seed", "json"):
         if getattr(args, key) is not None:
-            sets.append(f"{key}={getattr(args, key)}")
-    if args.methods:
-        sets.append(f"methods=[{args.methods}]")
+            sets.append((key, getattr(args, key)))
+    if args.methods is not None:
+        sets.append(("methods", methods(args.methods)))
     cfg = load(CrossvalConfig, [args.config] if args.config else [], sets)
     if args.dim is not None:
         cfg = dataclasses.replace(cfg, settings=cfg.settings.with_dim(args.dim))
     for name in cfg.methods:
         registry.get(name)
+    if cfg.json is not None:
+        check_writable(cfg.json, "--json")
     return cfg
 
 
@@ -66,13 +81,13 @@ def main(argv=None) -> int:
         cfg = build_config(parse_args(argv))
         print_config("crossval", cfg)
         pairs, results = protocol.crossval(cfg)
-    except TnnError as err:
+    except (TnnError, OSError) as err:
         return emit_error("crossval", err)
     print(protocol.table(results))
     if cfg.json:
         try:
             write_json(cfg.json, protocol.result_json(cfg, pairs, results))
-        except OSError as err:
+        except (TnnError, OSError) as err:
             return emit_error("crossval", err)
         print(f"wrote {cfg.json}")
     best, mean = protocol.best(results)

@@ -18,12 +18,11 @@ shards to OUT from NAME@ALIAS (audio vA, visual vV, run R) in T s, X clips/s`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 
-from jobs.common import emit_error, print_config
+from jobs.common import JobParser, at_least, emit_error, print_config
 from tnn.errors import ConfigError, TnnError
 from tnn.ray.embed import EmbedConfig, embed, smoke_query
 from tnn.ray.session import init_ray, shutdown
@@ -34,18 +33,19 @@ JOB = "embed"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.embed", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.embed", description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="models:/NAME@ALIAS or runs:/RUN_ID")
     ap.add_argument("--data", help="feature shard URI or a data source (uci-mfeat, ...)")
     ap.add_argument("--out", help="index location: s3://bucket/prefix or a local directory")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--concurrency", type=int, default=1, help="encoder actors (default 1)")
+    ap.add_argument("--batch-size", type=at_least(1), default=4096)
+    ap.add_argument("--concurrency", type=at_least(1),
+                    default=1, help="encoder actors (default 1)")
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (default 1)")
     ap.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    ap.add_argument("--folds", type=int, nargs="+", help="only these folds (shard data)")
-    ap.add_argument("--object-store-mib", type=int, default=512,
+    ap.add_argument("--folds", type=at_least(0), nargs="+", help="only these folds (shard data)")
+    ap.add_argument("--object-store-mib", type=at_least(0), default=512,
                     help="cap on Ray Data's object-store use (default 512; 0: Ray's share)")
-    ap.add_argument("--rows-per-shard", type=int, default=250_000)
+    ap.add_argument("--rows-per-shard", type=at_least(1), default=250_000)
     ap.add_argument("--overwrite", action="store_true", help="replace an index at --out")
     ap.add_argument("--tracking-uri", help="MLflow store (else $MLFLOW_TRACKING_URI, ./runs)")
     ap.add_argument("--smoke", action="store_true",

@@ -1,6 +1,6 @@
 """Score registered encoders on the held-out test fold of the data their run was trained on.
 
-    python -m jobs.evaluate --model models:/tnn@champion     # NAME-audio@champion + NAME-visual@...
+    python -m jobs.evaluate --model models:/tnn@champion     # the one model, both modalities
     python -m jobs.evaluate --run RUN_ID                     # the encoders logged with a run
     python -m jobs.evaluate --model models:/tnn@challenger --data s3://bucket/tnn/mfeat --fold 1
     python -m jobs.evaluate --run RUN_ID --smoke             # 200 held-out clips
@@ -17,11 +17,10 @@ last line is `evaluate: <model> on <data> fold K (N clips): a->v MAP ... v->a MA
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from jobs.common import emit_error, print_config
+from jobs.common import JobParser, emit_error, print_config
 from tnn.errors import TnnError
 from tnn.tracking import evaluation
 from tnn.tracking.runs import mlflow_errors
@@ -30,9 +29,9 @@ JOB = "evaluate"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.evaluate", description=__doc__.split("\n")[0])
     which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="models:/NAME@ALIAS (both encoders) or runs:/RUN_ID")
+    which.add_argument("--model", help="models:/NAME@ALIAS (or /VERSION) or runs:/RUN_ID")
     which.add_argument("--run", help="a training run id: the encoders logged with it")
     ap.add_argument("--data", help="data source or shard URI (default: the run's)")
     ap.add_argument("--fold", type=int, help="test fold (default: the run's test_fold)")

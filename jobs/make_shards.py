@@ -23,13 +23,12 @@ Prints `make_shards: 40960/200000 rows, 11000 rows/s` progress lines and ends wi
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 import time
 
-from jobs.common import emit_error
+from jobs.common import JobParser, at_least, emit_error
 from tnn.data import shards
 from tnn.data.storage import StorageSettings
 from tnn.data.write import write
@@ -39,16 +38,19 @@ JOB = "make_shards"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.make_shards",
+    ap = JobParser(prog="python -m jobs.make_shards",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--source", help="data source, e.g. uci-mfeat, npz:PATH, synthetic:200000")
     ap.add_argument("--out", help="s3://bucket/prefix or a local directory")
-    ap.add_argument("--rows-per-shard", type=int, default=25_000,
+    ap.add_argument("--rows-per-shard", type=at_least(1), default=25_000,
                     help="rows per Parquet file (default 25000: ~115 MB at 128 + 1024 floats)")
-    ap.add_argument("--folds", type=int, default=5, help="class-balanced folds (default 5)")
-    ap.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    ap.add_argument("--folds", type=at_least(2),
+                    default=5, help="class-balanced folds (default 5)")
+    ap.add_argument("--seed", type=at_least(0),
+                    default=0, help="fold assignment seed (default 0)")
     ap.add_argument("--overwrite", action="store_true", help="replace a data set at --out")
-    ap.add_argument("--chunk-rows", type=int, default=8192, help="rows per write (row group)")
+    ap.add_argument("--chunk-rows", type=at_least(1),
+                    default=8192, help="rows per write (row group)")
     ap.add_argument("--endpoint-url", help="S3-compatible endpoint for --out "
                     "(else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     ap.add_argument("--region", help="S3 region for --out (else AWS_REGION / AWS_DEFAULT_REGION)")
@@ -69,6 +71,8 @@ def run(args) -> str:
             out = temp = tempfile.mkdtemp(prefix="tnn-shards-smoke-")
     if not source or not out:
         raise DataError("--source and --out are required (or use --smoke)")
+    if "\x00" in source + out:
+        raise DataError(f"--source {source!r} / --out {out!r}: a path cannot hold a NUL character")
     if source.rstrip("/") == out.rstrip("/"):
         raise DataError(f"--source and --out are the same ({out}); write to a new prefix")
     if out.startswith("s3://"):

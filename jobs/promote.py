@@ -5,9 +5,11 @@
     python -m jobs.promote --experiment tnn-train --smoke           # 200 held-out clips
 
 The best FINISHED run of the experiment by --metric (default final_val_map) is registered as
-NAME-audio / NAME-visual `challenger`, scored with the current `champion` on the same held-out
-data, and made `champion` only if its mean MAP is higher by more than --min-improvement (or
-there is no champion): `tnn.tracking.promotion` (the steps in its docstring).
+a version of model NAME (both modalities: one pyfunc) at alias `challenger`, scored with the
+current `champion` on the same held-out data, and made `champion` only if its mean MAP is
+higher by more than --min-improvement (or there is no champion): `tnn.tracking.promotion`
+(the steps in its docstring). Then `mlflow models serve -m models:/NAME@champion` or
+`python -m jobs.serve` serves it.
 
 MLflow location: --tracking-uri, else MLFLOW_TRACKING_URI, else ./runs/mlflow. The last line
 is `promote: promoted|kept ...` with both MAPs and the reason.
@@ -15,10 +17,9 @@ is `promote: promoted|kept ...` with both MAPs and the reason.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from jobs.common import emit_error, print_config
+from jobs.common import JobParser, emit_error, print_config
 from tnn.errors import TnnError
 from tnn.tracking.evaluation import SMOKE_CLIPS
 from tnn.tracking.promotion import PromoteConfig, promote
@@ -28,7 +29,7 @@ JOB = "promote"
 
 
 def parse_args(argv) -> PromoteConfig:
-    ap = argparse.ArgumentParser(prog="python -m jobs.promote", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.promote", description=__doc__.split("\n")[0])
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--model-name", default="tnn")
     ap.add_argument("--metric", default="final_val_map")
@@ -41,8 +42,8 @@ def parse_args(argv) -> PromoteConfig:
                          a.tracking_uri, SMOKE_CLIPS if a.smoke else 0)
 
 
-def _versions(v: dict | None) -> str:
-    return "-" if v is None else f"audio v{v['audio']}, visual v{v['visual']}"
+def _version(v: str | None) -> str:
+    return "-" if v is None else f"version {v}"
 
 
 def main(argv=None) -> int:
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
         return emit_error(JOB, err)
     old = "none" if out["champion_map"] is None else f"{out['champion_map']:.4f}"
     head = "promoted: champion is now" if out["promoted"] else "kept: champion stays"
-    pair = out["challenger"] if out["promoted"] else out["champion_before"]
-    print(f"{JOB}: {head} {cfg.model_name} ({_versions(pair)}); held-out mean MAP challenger "
+    version = out["challenger"] if out["promoted"] else out["champion_before"]
+    print(f"{JOB}: {head} {cfg.model_name} ({_version(version)}); held-out mean MAP challenger "
           f"{out['challenger_map']:.4f} (run {out['run_id']}) vs champion {old}: {out['reason']}",
           flush=True)
     return 0

@@ -21,7 +21,6 @@ one JSON object (`tnn.tracking.query.query`, `tnn.serve.query`); the last line i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,7 +28,8 @@ import sys
 import tempfile
 import time
 
-from jobs.common import emit_error
+from jobs.common import JobParser, at_least, emit_error
+from tnn.data.npy import read_npy
 from tnn.errors import ConfigError, TnnError
 from tnn.serve import index as embedding_shards
 from tnn.serve import query as serve_query
@@ -40,7 +40,7 @@ JOB = "query"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.query", description=__doc__.split("\n")[0])
     ap.add_argument("--index", help="index URI (written by jobs.embed)")
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--audio", metavar="FILE.npy", help="audio queries: find visual clips")
@@ -49,11 +49,13 @@ def parse_args(argv):
     ap.add_argument("--model", help="query encoder (default: the model that built the index)")
     ap.add_argument("--embedded", action="store_true", help="the file holds embeddings")
     ap.add_argument("--approx", action="store_true", help="IVF approximate search")
-    ap.add_argument("--nprobe", type=int, default=32, help="IVF lists scanned per query")
+    ap.add_argument("--nprobe", type=at_least(1),
+                    default=32, help="IVF lists scanned per query")
     ap.add_argument("--build-ivf", action="store_true",
                     help="build and save the IVF lists of the index (then --approx loads "
                     "them), reporting recall@k against exact search")
-    ap.add_argument("--nlist", type=int, help="IVF lists for --build-ivf (default 4 sqrt(N))")
+    ap.add_argument("--nlist", type=at_least(1),
+                    help="IVF lists for --build-ivf (default 4 sqrt(N))")
     ap.add_argument("--stream", action="store_true", help="exact, shard by shard (low memory)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     ap.add_argument("--tracking-uri", help="MLflow store of the model")
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
         path, modality = (args.audio, "audio") if args.audio else (args.visual, "visual")
         if not (args.index and path):
             raise ConfigError("--index and one of --audio / --visual are required")
+        read_npy(path, path)  # no pickle, header against size, not an .npz: before np.load
         hits = query(args.index, serve_query.load_queries(path), modality, args.k,
                      model_uri=args.model, embedded=args.embedded, approx=args.approx,
                      nprobe=args.nprobe, stream=args.stream, tracking_uri=args.tracking_uri,

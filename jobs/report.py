@@ -10,23 +10,23 @@ first file), `pr_curves.png` (interpolated precision-recall, first file; needs p
 `"pr_a2v": {"recall": [...], "precision": [...]}` and `"pr_v2a"`) and `map_vs_dim.png` (MAP
 against the CCA dimension over the files; the dimension is the file's top-level `"dim"`, else a
 method's `params.dim` or `params.cca.dim`). A plot that lacks its data is skipped with a note in
-`results.md` (`tnn.methods.report`). It ends with one line: `report: wrote N plots and
-results.md to DIR`.
+`results.md` (`tnn.methods.report`). Every input file is read and checked before anything is
+written, and the outputs are rendered under temporary names, then renamed: a refusal or a crash
+leaves --out as it was. It ends with one line: `report: wrote N plots and results.md to DIR`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import emit_error
+from jobs.common import JobParser, emit_error
 from tnn.errors import TnnError
 from tnn.methods import report
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.report", description=__doc__.split("\n")[0])
     ap.add_argument("--json", nargs="+", default=[], metavar="RESULTS.json",
                     help="crossval results; several files (e.g. one per --dim) add map_vs_dim")
     ap.add_argument("--out", required=True, help="output directory")
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     try:
         runs = [report.example()] if args.smoke else [report.read_results(p) for p in args.json]
         written = report.write_report(runs, Path(args.out))
-    except TnnError as err:
+    except (TnnError, OSError) as err:  # every input is read and checked before any write
         return emit_error("report", err)
     print(report.table(runs[0]))
     print(f"report: wrote {len(written)} plots and results.md to {args.out}")

@@ -21,15 +21,14 @@ tracking URI must be reachable from every node (s3://, an MLflow server). The la
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from jobs.common import emit_error, print_config
+from jobs.common import JobParser, emit_error, print_config
 from tnn.config import load, to_dict
-from tnn.errors import TnnError
+from tnn.errors import TnnError, redact
 from tnn.ray.session import init_ray, shutdown
 from tnn.tracking import registry
 from tnn.tracking import runs as tracking
@@ -39,7 +38,7 @@ CONFIGS = Path(__file__).with_name("configs")
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", help="YAML preset (holds only what it changes), e.g. "
                     "jobs/configs/two_stage.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -54,7 +53,7 @@ def build_config(args):
     from tnn.train.config import TrainJobConfig
     presets = ([CONFIGS / "smoke.yaml"] if args.smoke else []) + \
         ([args.config] if args.config else [])
-    sets = ([f"data={args.data}"] if args.data else []) + list(args.set)
+    sets = ([("data", args.data)] if args.data else []) + list(args.set)  # --data: a string
     cfg = load(TrainJobConfig, presets, sets, search=CONFIGS)  # `--config two_stage.yaml`
     if not cfg.run_name:
         cfg = dataclasses.replace(cfg, run_name=time.strftime("tnn-train-%Y%m%d-%H%M%S"))
@@ -69,7 +68,7 @@ def start_tracking(cfg):
     uri, artifacts = tracking.resolve(cfg.mlflow.tracking_uri, cfg.mlflow.local_dir)
     previous = read_run_info(cfg.storage_path, cfg.run_name) or {}
     run_id = cfg.mlflow.run_id or (previous.get("mlflow_run_id")
-                                   if previous.get("tracking_uri") == uri else None)
+                                   if previous.get("tracking_uri") == redact(uri) else None)
     logger, created = tracking.open_run(uri, cfg.mlflow.experiment, cfg.run_name, run_id=run_id,
                                         artifact_location=artifacts, tags={"job": JOB})
     cfg = dataclasses.replace(cfg, mlflow=dataclasses.replace(

@@ -24,13 +24,12 @@ S stopped, E failed) in N s, parent run <id>`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import yaml
 
-from jobs.common import emit_error
+from jobs.common import JobParser, at_least, emit_error
 from tnn.errors import TnnError
 from tnn.ray import tune_search
 from tnn.ray import tune_space as ts
@@ -41,10 +40,11 @@ JOB = "tune"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m jobs.tune", description=__doc__.split("\n")[0])
+    ap = JobParser(prog="python -m jobs.tune", description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="tune_spaces/margin_cca.yaml", help="search space YAML")
     ap.add_argument("--data", help="data source or shard URI (sets base.data)")
-    ap.add_argument("--trials", type=int, help="trials in all (a multiple of the grid's size)")
+    ap.add_argument("--trials", type=at_least(1),
+                    help="trials in all (a multiple of the grid's size)")
     ap.add_argument("--experiment", default="tnn-tune", help="MLflow experiment")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, "
                     "else sqlite under base.mlflow.local_dir)")

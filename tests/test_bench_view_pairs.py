@@ -54,6 +54,7 @@ def test_tiny_run_writes_json_prints_table_and_resumes(tmp_path, monkeypatch, ca
     assert res["data"] == "uci-mfeat:fou,pix" and list(res["methods"]) == ["cca", "tnn-label"]
     assert len(res["methods"]["tnn-label"]["a2v_map_folds"]) == 2
     assert res["methods"]["tnn-label"]["params"]["epochs"] == 2  # smoke settings
+    assert res["methods"]["tnn-label"]["fit_cpu_seconds"] > 0  # process CPU seconds per fit
     assert "fold 2/2" in text and "| fou,pix | cca 0." in text and "targets met:" in text
     summary = json.loads(next(line for line in text.splitlines() if line.startswith("{")))
     assert summary["summary"]["uci-mfeat:fou,pix"]["best_baseline"][0] == "cca"
@@ -116,3 +117,28 @@ def test_jobs_resume_picks_up_the_parts_of_an_interrupted_run(tmp_path, monkeypa
     got = sets["uci-mfeat:zer,mor"]["methods"]["c-cca"]  # the missing one, filled in
     assert got["a2v_map_folds"] == zm["methods"]["c-cca"]["a2v_map_folds"]
     assert len(ran) == 2 and not list(tmp_path.glob("vp.json.part*"))
+
+
+def test_merge_reruns_only_the_given_methods_and_keeps_the_rest(tmp_path, monkeypatch):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    base = ["--folds", "2", "--methods", "cca,c-cca"]
+    assert view_pairs.main(["--pairs", "fou,pix", "zer,mor", *base, "--json", str(old)]) == 0
+    before = json.loads(old.read_text())
+    ran = []
+    real = protocol.evaluate
+    monkeypatch.setattr(protocol, "evaluate", lambda name, *a, **k: ran.append(name) or real(name, *a, **k))
+    argv = ["--pairs", "fou,pix", "--folds", "2", "--methods", "c-cca", "--merge", str(old),
+            "--json", str(new)]
+    assert view_pairs.main(argv) == 0
+    assert ran == ["c-cca"] and json.loads(old.read_text()) == before  # OLD is only read
+    sets = json.loads(new.read_text())["sets"]
+    assert list(sets) == ["uci-mfeat:fou,pix", "uci-mfeat:zer,mor"]  # zer,mor kept, not run,
+    zm = before["sets"]["uci-mfeat:zer,mor"]  # without its stale c-cca
+    assert sets["uci-mfeat:zer,mor"] == {**zm, "methods": {"cca": zm["methods"]["cca"]}}
+    fp, was = sets["uci-mfeat:fou,pix"]["methods"], before["sets"]["uci-mfeat:fou,pix"]["methods"]
+    assert fp["cca"] == was["cca"] and list(fp) == ["cca", "c-cca"]  # c-cca: a fresh run
+    assert fp["c-cca"]["a2v_map_folds"] == was["c-cca"]["a2v_map_folds"]
+    with pytest.raises(SystemExit, match="needs --methods"):
+        view_pairs.main(["--pairs", "fou,pix", "--folds", "2", "--merge", str(old), "--json", str(new)])
+    with pytest.raises(SystemExit, match="folds=2"):
+        view_pairs.main(argv[:2] + ["--folds", "3"] + argv[4:])

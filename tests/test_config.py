@@ -96,3 +96,30 @@ def test_partial_override_keeps_the_default_factory_values():
     assert cfg.inner == Inner(lr=0.5, hidden=(1,), name="tuned")
     with pytest.raises(ConfigError, match="config inner.lr: expected float; got 'abc'"):
         from_dict(WithFactory, {"inner": {"lr": "abc"}})
+
+
+def test_overrides_yaml_errors_conflicts_and_plain_string_values(tmp_path):
+    """`key=value` strings are YAML (`--set`); `(key, value)` pairs are taken as they are (a
+    job's options: `--json 'out #1.json'` is that file name, not `out`)."""
+    from tnn.config import read_yaml
+    assert parse_overrides(["a.b=[1, 2]", ("json", "out #1.json"), ("c", "007")]) == \
+        {"a": {"b": [1, 2]}, "json": "out #1.json", "c": "007"}
+    with pytest.raises(ConfigError, match=r"^override 'a=\[': the value is not valid YAML "
+                                          r"\(while parsing"):
+        parse_overrides(["a=["])
+    with pytest.raises(ConfigError, match=r"^override 'a.b=2': a was set to a value by an "
+                                          r"earlier override, not a mapping$"):
+        parse_overrides(["a=1", "a.b=2"])
+    with pytest.raises(ConfigError, match=r"^override 'a..b=1': empty part in the key 'a..b'$"):
+        parse_overrides(["a..b=1"])
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: a config preset is a YAML mapping"):
+        read_yaml(tmp_path / "list.yaml")
+    (tmp_path / "bytes.yaml").write_bytes(b"\xff: 1\n")
+    with pytest.raises(ConfigError, match=r"bytes.yaml: not UTF-8 text \(invalid start byte "
+                                          r"at byte 0\)"):
+        read_yaml(tmp_path / "bytes.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    with pytest.raises(ConfigError) as err:
+        read_yaml(tmp_path / "bad.yaml")
+    assert "\n" not in str(err.value) and "not valid YAML" in str(err.value)

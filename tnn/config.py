@@ -53,7 +53,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise ConfigError(f"config {where or '<root>'}: expected a mapping; got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))  # YAML keys may be numbers
     if unknown:
         raise ConfigError(f"config: unknown key(s) {', '.join(where + k for k in unknown)}; "
                           f"known under {where or '<root>'}: {', '.join(names)}")
@@ -101,19 +101,44 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """`['train.lr=0.01', 'model.hidden=[64,64]']` -> nested dict (values parsed as YAML)."""
+def parse_overrides(overrides: list) -> dict:
+    """`['train.lr=0.01', 'model.hidden=[64,64]']` -> nested dict. A `key=value` string's value
+    is parsed as YAML (`--set`); a `(key, value)` pair is taken as it is (a job's own options
+    such as `--json 'out #1.json'`, which are strings, not YAML)."""
     out: dict = {}
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.sub=value")
-        node = out
+        if isinstance(item, tuple):
+            (key, value), shown = item, f"{item[0]}={item[1]}"
+        else:
+            key, sep, raw = item.partition("=")
+            shown = item
+            if not sep or not key.strip():
+                raise ConfigError(f"override {item!r}: expected key.sub=value")
+            value = _yaml_value(raw, item)
         *parents, leaf = key.strip().split(".")
-        for p in parents:
+        if not all(p.strip() for p in (*parents, leaf)):
+            raise ConfigError(f"override {shown!r}: empty part in the key {key.strip()!r}")
+        node = out
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {shown!r}: {'.'.join(parents[:depth + 1])} was set "
+                                  "to a value by an earlier override, not a mapping")
+        node[leaf] = value
     return out
+
+
+def _yaml_value(raw: str, item: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                          f"({one_line(str(err))})") from None
+
+
+def one_line(text: str) -> str:
+    """A (YAML parser's multi-line) message on one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -136,9 +161,17 @@ def read_yaml(path: str | Path, search: str | Path | None = None) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({one_line(str(err))})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config preset is a YAML mapping (key: value); got a "
+                          f"{type(data).__name__}")
+    return data or {}
 
 
 def load(cls: type[T], presets: list[str | Path] | None = None,

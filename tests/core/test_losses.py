@@ -10,7 +10,8 @@ import torch
 from tests.reference import triplets as ref
 from tnn.core.distances import pairwise_distance, pairwise_distance_chunked
 from tnn.errors import ConfigError, DataError
-from tnn.core.losses import batch_all_triplet_loss, combined_loss, triplet_loss
+from tnn.core.losses import (batch_all_triplet_loss, combined_loss, proxy_cross_entropy,
+                             proxy_logits, proxy_loss, triplet_loss)
 from tnn.core.mining import batch_all
 
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1, 0, 1])  # class 2 has a single item
@@ -246,3 +247,42 @@ def test_combined_loss_with_the_real_cluster_cca():
     torch.testing.assert_close(out["cca"], want)
     torch.testing.assert_close(out["total"], out["triplet"] + 0.5 * want)
     assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out["total"], (audio, visual)))
+
+
+# --- tnn-label's proxy loss ------------------------------------------------------------------
+
+def _proxies(classes=3, dim=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (0.7 * torch.randn(classes, dim, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+
+@pytest.mark.parametrize("w_proxy, w_triplet", [(1.0, 1.0), (0.3, 2.0), (1.0, 0.0), (0.0, 1.0)])
+def test_proxy_loss_matches_the_loop_reference(w_proxy, w_triplet):
+    from tests.reference import proxies as ref_proxies
+    audio_u, visual_u = (torch.nn.functional.normalize(x.detach(), dim=1).requires_grad_(True)
+                         for x in embeddings())  # unit rows, as the network gives
+    proxies = _proxies()
+    out = proxy_loss(audio_u, visual_u, LABELS, proxies, 8.0, w_proxy=w_proxy,
+                     w_triplet=w_triplet, margin=0.2)
+    want = ref_proxies.proxy_loss(audio_u, visual_u, LABELS, proxies, 8.0, w_proxy, w_triplet, 0.2)
+    got_grads = value_and_grads(out["total"], audio_u, visual_u, proxies)
+    assert_close_all(got_grads, value_and_grads(want, audio_u, visual_u, proxies), torch.float64)
+    assert got_grads[3].abs().sum() > 0 if w_proxy else True  # the proxies learn from the CE
+    ce = ref_proxies.cross_entropy(audio_u, LABELS, proxies, 8.0)
+    torch.testing.assert_close(proxy_cross_entropy(audio_u, LABELS, audio_u, LABELS,
+                                                   proxies=proxies, scale=8.0), ce)
+    if w_proxy:
+        torch.testing.assert_close(out["proxy"], out["cca"])
+        torch.testing.assert_close(out["proxy"], (ce + ref_proxies.cross_entropy(
+            visual_u, LABELS, proxies, 8.0)) / 2)
+
+
+def test_proxy_loss_local_queries_against_global_refs_take_the_ce_on_the_refs():
+    audio, visual = embeddings()
+    proxies, rows = _proxies(), torch.tensor([4, 5, 6])
+    out = proxy_loss(audio[rows], visual[rows], LABELS[rows], proxies, 4.0, ref_audio_emb=audio,
+                     ref_visual_emb=visual, ref_labels=LABELS, self_index=rows)
+    whole = proxy_loss(audio, visual, LABELS, proxies, 4.0)
+    assert torch.equal(out["proxy"], whole["proxy"])  # a batch-level term, like the CCA one
+    logits = proxy_logits(audio, proxies, 4.0)
+    torch.testing.assert_close(logits, 4.0 * audio @ torch.nn.functional.normalize(proxies, dim=1).T)

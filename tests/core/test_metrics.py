@@ -166,7 +166,8 @@ SIM, Q, G = np.ones((2, 3)), np.array([0, 1]), np.array([0, 1, 1])
     (lambda: metrics.average_precision(SIM, Q + 5, G), r"no query has a relevant gallery item"),
     (lambda: metrics.average_precision(SIM, Q, G, chunk_size=0), r"chunk_size must be a positive"),
     (lambda: metrics.average_precision(SIM, Q, G, memory_gib=0), r"memory_gib must be positive"),
-    (lambda: metrics.precision_at_k(SIM, Q, G, ks=(1, 4)), r"ks must be integers in 1\.\.3"),
+    (lambda: metrics.precision_at_k(SIM, Q, G, ks=(0, 2)), r"ks must be integers >= 1, got \(0, 2\)"),
+    (lambda: metrics.precision_at_k(SIM, Q, G, ks=(True,)), r"ks must be integers >= 1"),
     (lambda: metrics.pr_curve(SIM, Q, G, n_levels=1), r"n_levels must be >= 2"),
     (lambda: metrics.cross_modal_scores(np.array([[1.0, 0], [np.inf, 0]]), SIM[:, :2], Q),
      r"audio_emb: row 1 has NaN or inf values"),
@@ -178,3 +179,17 @@ SIM, Q, G = np.ones((2, 3)), np.array([0, 1]), np.array([0, 1, 1])
 def test_bad_input_raises_data_error(call, match):
     with pytest.raises(DataError, match=match):
         call()
+
+
+def test_a_cutoff_above_the_gallery_is_left_out_with_a_note():
+    """precision@10 on an 8-clip test fold: no error; p@10 is absent and named in ks_left_out,
+    the other cutoffs are those of the same call without 10."""
+    rng = np.random.default_rng(3)
+    audio, visual, labels = rng.normal(size=(8, 4)), rng.normal(size=(8, 4)), np.arange(8) % 3
+    got = metrics.cross_modal_scores(audio, visual, labels, ks=(1, 5, 10))
+    same = metrics.cross_modal_scores(audio, visual, labels, ks=(1, 5))
+    assert got["ks_left_out"] == (10,) and "a2v_p@10" not in got and "v2a_p@10" not in got
+    assert {k: v for k, v in got.items() if k != "ks_left_out" and np.isscalar(v)} == \
+        {k: v for k, v in same.items() if np.isscalar(v)}
+    assert "ks_left_out" not in same
+    assert metrics.precision_at_k(SIM, Q, G, ks=(1, 4)) == metrics.precision_at_k(SIM, Q, G, ks=(1,))

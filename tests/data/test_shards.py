@@ -1,4 +1,5 @@
-"""The shard format: writer (atomic shards, manifest last, overwrite) and validation messages."""
+"""The shard format: writer (atomic shards, manifest last, write-then-publish overwrite, input
+refused before Arrow sees it) and validation messages."""
 
 import io
 import json
@@ -15,7 +16,7 @@ from tnn.data import storage
 from tnn.data.reader import read_pairs
 from tnn.errors import DataError
 from tnn.core.folds import assign_folds
-from tnn.data.shard_writer import ShardWriter, prepare_prefix
+from tnn.data.shard_writer import ShardWriter
 from tnn.data.pairs import make_pairs
 
 
@@ -54,21 +55,123 @@ def test_writer_cuts_chunks_into_shards_and_round_trips(tmp_path):
     assert np.array_equal(back.folds, assign_folds(p.labels, 3, 0))
 
 
-def test_refuses_an_existing_set_and_overwrites_manifest_first(tmp_path):
+def _files(root) -> dict[str, bytes]:
+    return {n: (root / n).read_bytes() for n in sorted(os.listdir(root))}
+
+
+def test_refuses_an_existing_set_and_overwrite_publishes_then_deletes(tmp_path, monkeypatch):
     uri = str(tmp_path / "d")
     _write(uri, _pairs())
     with pytest.raises(DataError, match="already holds a data set, 3 shard.s.; pass --overwrite"):
         _write(uri, _pairs())
-    deleted = []
+    events, publish, filesystem = [], storage.publish, storage.filesystem
 
     class Recording(pafs.LocalFileSystem):
         def delete_file(self, path):
-            deleted.append(os.path.basename(path))
+            events.append(("delete", os.path.basename(path)))
             super().delete_file(path)
 
-    prepare_prefix(Recording(), uri, uri, overwrite=True)
-    assert deleted[0] == "_manifest.json" and len(deleted) == 4 and os.listdir(uri) == []
-    assert _write(uri, _pairs(n=30), overwrite=True).rows == 30
+    with monkeypatch.context() as m:
+        m.setattr(storage, "publish", lambda tmp, u, c=None: (
+            events.append(("publish", os.path.basename(u))), publish(tmp, u, c))[1])
+        m.setattr(storage, "filesystem", lambda u, s=None: (Recording(), filesystem(u, s)[1]))
+        man = _write(uri, _pairs(n=30), overwrite=True)
+    new = [name for name, _ in man.shards]
+    assert len(new) == 2 and all(n.startswith("part-0000") and n != "part-00000.parquet"
+                                 for n in new)  # names no old file had
+    assert events == [("publish", new[0]), ("publish", new[1]), ("publish", "_manifest.json"),
+                      *(("delete", f"part-0000{i}.parquet") for i in range(3))]
+    assert sorted(os.listdir(uri)) == ["_manifest.json", *new]
+    assert read_pairs(uri).n == 30 and shards.validate(uri).rows == 30
+
+
+@pytest.mark.parametrize("published", [0, 1, 2, 3])
+def test_a_failed_overwrite_leaves_the_old_set_readable(tmp_path, monkeypatch, published):
+    """A writer failing after `published` of the 3 new shards (3: at the manifest), as from a
+    full disk or a lost store: the old set's files are byte for byte what they were and it
+    reads as before; the next overwrite removes the stray new shards."""
+    uri, p = str(tmp_path / "d"), _pairs()
+    _write(uri, p)
+    before, publish = _files(tmp_path / "d"), storage.publish
+
+    def fail_after(tmp, target, client=None):
+        if len([n for n in os.listdir(uri) if n not in before and n[0] != "."]) == published:
+            raise OSError("disk full")
+        publish(tmp, target, client)
+
+    monkeypatch.setattr(storage, "publish", fail_after)
+    with pytest.raises(OSError, match="disk full"):
+        _write(uri, _pairs(seed=1), overwrite=True)
+    after = _files(tmp_path / "d")
+    assert {n: after[n] for n in before} == before
+    assert len(after) == len(before) + published  # stray new shards, not in the manifest
+    assert not [n for n in after if n.startswith(".")]  # no temp file left
+    assert np.array_equal(read_pairs(uri).audio, p.audio) and shards.validate(uri).rows == 60
+    monkeypatch.undo()
+    man = _write(uri, _pairs(n=45, seed=1), overwrite=True)
+    assert sorted(os.listdir(uri)) == ["_manifest.json", *(n for n, _ in man.shards)]
+
+
+def test_a_killed_overwrite_leaves_the_old_set_readable(tmp_path):
+    """The process dies (os._exit, as from SIGKILL) after publishing one new shard."""
+    uri, p = str(tmp_path / "d"), _pairs()
+    _write(uri, p)
+    before = _files(tmp_path / "d")
+    code = f"""if True:
+        import os, numpy as np
+        from tnn.data.shard_writer import ShardWriter
+        publish = ShardWriter._publish
+        def die(self, tmp, name):
+            if self.shards:
+                os._exit(137)
+            publish(self, tmp, name)
+        ShardWriter._publish = die
+        with ShardWriter({uri!r}, class_names="abc", folds=3, fold_seed=0, rows_per_shard=10,
+                         overwrite=True) as w:
+            w.write(np.ones((40, 4)), np.ones((40, 6)), np.arange(40) % 3,
+                    [f"n{{i}}" for i in range(40)], np.arange(40) % 3)
+    """
+    import subprocess
+    import sys
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 137
+    after = _files(tmp_path / "d")
+    assert {n: after[n] for n in before} == before and len(after) >= len(before) + 1
+    assert np.array_equal(read_pairs(uri).visual, p.visual)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ((np.zeros((5, 0)), np.zeros((5, 6))), r"'audio' has shape \(5, 0\); expected \(N, D\) "
+                                           r"with 1 <= D"),
+    ((np.zeros((5, 4)), np.zeros(5)), r"'visual' has shape \(5,\); expected \(N, D\)"),
+    ((np.zeros((5, 4)), np.zeros((4, 6))), "'visual' has 4 rows, 'audio' has 5"),
+    ((np.full((5, 4), np.nan), np.zeros((5, 6))), "'audio' has NaN or inf values"),
+])
+def test_bad_chunks_are_refused_before_arrow_and_the_old_set_is_kept(tmp_path, arrays,
+                                                                    message):
+    """(N, 0) arrays made Arrow die with SIGFPE after an overwrite had deleted the old set."""
+    uri = str(tmp_path / "d")
+    _write(uri, _pairs())
+    before = _files(tmp_path / "d")
+    with pytest.raises(DataError, match=f"^{uri}: {message}"):
+        with ShardWriter(uri, class_names="abc", folds=3, fold_seed=0, overwrite=True) as w:
+            w.write(*arrays, np.arange(5) % 3, [f"n{i}" for i in range(5)], np.arange(5) % 3)
+    assert _files(tmp_path / "d") == before
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("labels", np.array([0, 1, 2, 3, 0]), r"'labels' must be integers in 0..2; got int64 "
+                                          r"values 0..3"),
+    ("labels", np.array([0, 10**12, 0, 0, 0]), "'labels' must be integers in 0..2"),
+    ("labels", np.array([0.5, 1, 0, 0, 0]), "'labels' must be integers in 0..2; got float64"),
+    ("folds", np.array([0, -1, 0, 0, 0]), "'folds' must be integers in 0..2"),
+])
+def test_labels_and_folds_out_of_range_are_refused(tmp_path, column, values, message):
+    arrays = {"labels": np.zeros(5, int), "folds": np.zeros(5, int), column: values}
+    with pytest.raises(DataError, match=message):
+        with ShardWriter(str(tmp_path / "d"), class_names="abc", folds=3, fold_seed=0) as w:
+            w.write(np.zeros((5, 4)), np.zeros((5, 6)), arrays["labels"],
+                    [f"n{i}" for i in range(5)], arrays["folds"])
+    assert not (tmp_path / "d" / "_manifest.json").exists()
 
 
 def test_a_crash_leaves_no_manifest_and_no_temp_files(tmp_path, monkeypatch):
@@ -192,3 +295,36 @@ def test_s3_validation_names_the_s3_shard(s3_prefix):
         shards.validate(s3_prefix, deep=False)
     with pytest.raises(DataError, match="already holds a data set"):
         _write(s3_prefix, p)
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(60)
+def test_s3_overwrite_is_write_then_publish(s3_prefix, monkeypatch):
+    """On S3: new objects first, the manifest last, the old objects deleted only after it; a
+    failure before the manifest leaves every old object as it was."""
+    p, client = _pairs(), storage.s3_client()
+    bucket, key = storage.split_s3(s3_prefix)
+
+    def objects():
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=key + "/").get("Contents", [])
+        return {o["Key"].rsplit("/", 1)[1]: o["ETag"] for o in listed
+                if not o["Key"].endswith("/")}  # pyarrow's directory marker after deletes
+    _write(s3_prefix, p)
+    before, publish = objects(), storage.publish
+
+    def fail_second(tmp, target, c=None):
+        if len(objects()) == len(before) + 1:
+            os.unlink(tmp)
+            raise DataError("upload failed")
+        publish(tmp, target, c)
+
+    monkeypatch.setattr(storage, "publish", fail_second)
+    with pytest.raises(DataError, match="upload failed"):
+        _write(s3_prefix, _pairs(seed=1), overwrite=True)
+    after = objects()
+    assert {n: after[n] for n in before} == before and len(after) == len(before) + 1
+    assert np.array_equal(read_pairs(s3_prefix).audio, p.audio)
+    monkeypatch.undo()
+    man = _write(s3_prefix, _pairs(n=30, seed=1), overwrite=True)
+    assert sorted(objects()) == sorted(["_manifest.json", *(n for n, _ in man.shards)])
+    assert read_pairs(s3_prefix).n == 30

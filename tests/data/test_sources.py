@@ -159,3 +159,45 @@ def test_synthetic_spec_errors():
 def test_unknown_source():
     with pytest.raises(DataError, match="unknown data source 'foo:bar'"):
         load_source("foo:bar")
+
+
+def _npy(arr, shape=None) -> bytes:
+    import io
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, {"descr": arr.dtype.str, "fortran_order": False,
+                                             "shape": shape or arr.shape})
+    return f.getvalue() + arr.tobytes()
+
+
+def test_npz_headers_are_checked_against_sizes_and_nothing_is_unpickled(tmp_path):
+    """A header claiming 10**12 rows, an object array, a corrupt member and a .npy given as an
+    npz are refused, naming the file and the array, before anything is allocated."""
+    import zipfile
+    ok = {"audio": np.ones((4, 2)), "visual": np.ones((4, 3)), "labels": np.arange(4) % 2}
+
+    def archive(name, edit=None, method=zipfile.ZIP_STORED):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w", method) as z:
+            for key, arr in ok.items():
+                z.writestr(f"{key}.npy", edit(key, arr) if edit else _npy(arr))
+        return path
+    lie = archive("lie.npz", lambda k, a: _npy(a, (10**12,)) if k == "labels" else _npy(a))
+    with pytest.raises(DataError, match=r"lie.npz: 'labels': the header says shape "
+                                        r"\(1000000000000,\) of int64 \(8000000000000 bytes\) "
+                                        r"but the file holds 32 bytes of data"):
+        load_source(f"npz:{lie}")
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, audio=np.array([[1, 2], [3]], dtype=object), visual=ok["visual"],
+             labels=ok["labels"])
+    with pytest.raises(DataError, match="obj.npz: 'audio': dtype object is not read"):
+        load_source(f"npz:{obj}")
+    good = archive("good.npz", method=zipfile.ZIP_DEFLATED)
+    assert load_source(f"npz:{good}").n == 4
+    data = bytearray(archive("crc.npz").read_bytes())
+    data[data.index(b"NUMPY") + 120] ^= 1  # a data byte of the first member
+    (tmp_path / "crc.npz").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"crc.npz: 'audio': corrupt archive member \(Bad CRC"):
+        load_source(f"npz:{tmp_path / 'crc.npz'}")
+    np.save(tmp_path / "a.npy", ok["audio"])
+    with pytest.raises(DataError, match=r"a.npy: a .npy array, not an .npz archive"):
+        load_source(f"npz:{tmp_path / 'a.npy'}")

@@ -94,9 +94,26 @@ def test_profile_feeds_boto3_and_pyarrow_alike(tmp_path, monkeypatch):
     assert client._request_signer._credentials.access_key == "PROFILEKEY"
     fs = storage.s3_filesystem(s)
     assert fs.region == "ap-south-1"
-    # pyarrow has no profile argument: the profile's keys are handed over explicitly.
-    assert "PROFILEKEY" in repr(pickle.loads(pickle.dumps(fs)).__reduce__())
     assert SECRET not in repr(s) and SECRET not in s.describe()
+
+
+def test_pickled_filesystem_ships_the_profile_name_never_its_keys(tmp_path, monkeypatch):
+    """What Ray sends to workers (a pickled filesystem) holds no key; where it is unpickled
+    the profile's credentials are resolved again (pyarrow has no profile argument)."""
+    _write_profile(tmp_path, monkeypatch)
+    s = StorageSettings.from_env(profile="tnnprof", endpoint_url=f"http://u:{SECRET}@h:9",
+                                 max_attempts=4)
+    fs = storage.s3_filesystem(s, bucket="b")
+    shipped = pickle.dumps(fs)
+    for secret in (SECRET, "PROFILEKEY"):
+        assert secret.encode() not in shipped
+    back = pickle.loads(shipped)
+    assert isinstance(back, pafs.S3FileSystem) and back.region == "ap-south-1"
+    assert pickle.loads(shipped).__reduce__()[1][0].profile == "tnnprof"
+    # the rebuilt filesystem signs with the profile's keys again (pyarrow's own pickle shows
+    # them: the reason the shipped form is ours)
+    assert "PROFILEKEY" in repr(pafs.S3FileSystem.__reduce__(back))
+    assert pickle.loads(shipped).__reduce__()[1][0].max_attempts == 4
 
 
 @pytest.mark.s3
@@ -107,3 +124,61 @@ def test_boto3_writes_are_visible_to_pyarrow(s3_prefix):
     fs, root = storage.filesystem(s3_prefix)
     with fs.open_input_stream(f"{root}/hello.txt") as f:
         assert f.read() == b"hi"
+
+
+@pytest.fixture
+def eu_bucket(tmp_path, monkeypatch):
+    """A moto server of our own with a bucket created in eu-west-1, and an environment with
+    no region anywhere (variables, config file); (settings, bucket)."""
+    from tests.support import start_moto, stop
+    proc, endpoint = start_moto(tmp_path / "moto.log")
+    try:
+        (tmp_path / "empty").write_text("")
+        for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "empty"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "empty"))
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "region-test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "region-test")
+        import boto3
+        boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1").create_bucket(
+            Bucket="tnn-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        monkeypatch.setattr(storage, "_REGIONS", {})
+        yield StorageSettings.from_env(endpoint_url=endpoint), "tnn-eu"
+    finally:
+        stop(proc)
+
+
+@pytest.mark.timeout(60)
+def test_region_comes_from_the_bucket_once_for_pyarrow_and_boto3(eu_bucket, monkeypatch):
+    settings, bucket = eu_bucket
+    asked = []
+    ask = storage._ask_region
+    monkeypatch.setattr(storage, "_ask_region", lambda b, s: asked.append(b) or ask(b, s))
+    assert settings.region is None
+    fs, root = storage.filesystem(f"s3://{bucket}/data", settings)
+    assert fs.region == "eu-west-1" and root == f"{bucket}/data"
+    client = storage.s3_client(settings, bucket=bucket)
+    assert client.meta.region_name == "eu-west-1"
+    assert storage.s3_filesystem(settings, bucket).region == "eu-west-1"
+    assert asked == [bucket]  # once per bucket, then cached
+    with fs.open_output_stream(f"{root}/x.txt") as f:  # and it talks to the store
+        f.write(b"eu")
+    body = client.get_object(Bucket=bucket, Key="data/x.txt")["Body"].read()
+    assert body == b"eu" and pickle.loads(pickle.dumps(fs)).region == "eu-west-1"
+    # an explicit region wins, without asking
+    explicit = StorageSettings.from_env(endpoint_url=settings.endpoint_url, region="us-west-2")
+    assert storage.filesystem(f"s3://{bucket}/data", explicit)[0].region == "us-west-2"
+    assert storage.s3_client(explicit, bucket=bucket).meta.region_name == "us-west-2"
+    assert asked == [bucket]
+
+
+@pytest.mark.timeout(60)
+def test_region_unknown_bucket_or_store_falls_back_uncached(eu_bucket):
+    settings, _ = eu_bucket
+    # a missing bucket: no region header, the default, and nothing cached (it may be created)
+    assert storage.bucket_region("no-such-bucket", settings) == storage.DEFAULT_REGION
+    assert storage._REGIONS == {}
+    down = StorageSettings(endpoint_url="http://127.0.0.1:1", connect_timeout=0.5)
+    assert storage.bucket_region("tnn-eu", down) == storage.DEFAULT_REGION
+    assert ("http://127.0.0.1:1", "tnn-eu") not in storage._REGIONS

@@ -58,8 +58,8 @@ def kept(tmp_path_factory) -> Path:
     logger.metrics({"final_val_map": 0.7})
     registry.log_checkpoint(logger, ck)
     logger.finish()
-    versions = registry.register_encoders(logger.run_id, "m", tracking_uri=uri)
-    registry.set_alias("m", "champion", versions, tracking_uri=uri)
+    registry.set_alias("m", "champion", registry.register_model(logger.run_id, "m",
+                                                                tracking_uri=uri), tracking_uri=uri)
     (root / "cv.json").write_text(json.dumps({"methods": {}}))
     return root
 
@@ -235,8 +235,7 @@ def test_bad_config_is_refused_and_nothing_written_changes(kept, capsys, monkeyp
     before = snapshot(kept)
     err = _refused(capsys, kept, before, job.main(argv + where))
     assert err.splitlines()[-1] == message.format(kept=kept)
-    assert registry.get_alias("m", "champion", tracking_uri=uri) == champion == \
-        {"audio": "1", "visual": "1"}
+    assert registry.get_alias("m", "champion", tracking_uri=uri) == champion == "1"
 
 
 # --- S3: unreachable endpoint, wrong credentials ---------------------------------------------

@@ -1,9 +1,12 @@
 """No secret leaks: with a distinctive AWS secret key and MLflow token in the environment (set
-before the jobs start their own Ray, so every Ray process inherits them), a train run with S3
-checkpoints, a 2-trial tune with local checkpoints and a promote leave neither value in:
-stdout/stderr (fd level, Ray's worker output included), the Ray session logs, MLflow params
-and tags of every run, every artifact (downloaded through MLflow), the SQLite database and
-every other file of the MLflow store, the checkpoint objects on S3 and the local ones."""
+before the jobs start their own Ray, so every Ray process inherits them) and a tracking URI
+that carries a password (`http://alice:PASSWORD@127.0.0.1:PORT`, an MLflow server), a train
+run with S3 checkpoints, a 2-trial tune with local checkpoints and a promote leave none of the
+three in: stdout/stderr (fd level, Ray's worker output and MLflow's "View run" lines
+included), the Ray session logs, MLflow params and tags of every run, every artifact
+(downloaded through MLflow), the server's database, artifacts and log, the checkpoint objects
+and the run's note (tnn_run.json) on S3, and the local checkpoints. URIs are shown and stored
+as `http://***@127.0.0.1:PORT` (`tnn.errors.redact`)."""
 
 from __future__ import annotations
 
@@ -13,17 +16,63 @@ import pytest
 import yaml
 
 from jobs import promote, train, tune
-from tests.support import RAY_ENV
+from tests.support import RAY_ENV, free_port, kill, stop, tree
 from tnn.data import storage
+from tnn.errors import redact, redacted
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.s3, pytest.mark.timeout(420)]
 SECRET = "zz-SECRET-key-Do-Not-Leak-7b1f3c"
 TOKEN = "zz-TOKEN-mlflow-Do-Not-Leak-42aa"
+PASSWORD = "zz-PASSWORD-uri-Do-Not-Leak-9c3e"
 
 
 def leaks(data: bytes) -> list[str]:
-    return [name for name, value in (("secret", SECRET), ("token", TOKEN))
-            if value.encode() in data]
+    return [name for name, value in (("secret", SECRET), ("token", TOKEN),
+                                     ("password", PASSWORD)) if value.encode() in data]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MLflow tracking server (SQLite store, proxied artifacts, its log) under `store`;
+    yields (`http://alice:PASSWORD@127.0.0.1:PORT`, store). Stopped by pid with its workers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    port = free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri",
+                             f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination",
+                             str(store / "mlartifacts")],
+                            stdout=(store / "server.log").open("ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server"
+                time.sleep(0.2)
+        yield f"http://alice:{PASSWORD}@127.0.0.1:{port}", store
+    finally:
+        procs = tree(proc.pid)
+        stop(proc)
+        kill(procs)
+
+
+def test_redact():
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:5000/x?y=1"
+    assert redact(uri) == "http://***@127.0.0.1:5000/x?y=1"
+    assert redact(f"MLflow: API request to {uri} failed") == \
+        "MLflow: API request to http://***@127.0.0.1:5000/x?y=1 failed"
+    assert redact("postgresql://u:p@ss@db/x and s3://b/k a@b.c") == \
+        "postgresql://***@db/x and s3://b/k a@b.c"
+    assert redacted({"m": {"tracking_uri": uri, "n": 1}, "l": [uri]}) == \
+        {"m": {"tracking_uri": redact(uri), "n": 1}, "l": [redact(uri)]}
 
 
 def scan_tree(root: Path) -> dict[str, list[str]]:
@@ -40,14 +89,35 @@ def ray_session_logs() -> Path:
     return Path("/tmp/ray/session_latest/logs").resolve()
 
 
+def test_params_tags_config_and_text_artifacts_are_stored_redacted(tmp_path, capsys):
+    """RunLogger, without a server (the URI with a password is only a value here)."""
+    from tnn.tracking import runs as tracking
+    secret_uri = f"http://alice:{PASSWORD}@mlflow.example:5000"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger, _ = tracking.open_run(uri, "e", "r", tags={"source": secret_uri},
+                                  artifact_location=(tmp_path / "art").as_uri())
+    logger.params(tracking.params_of({"mlflow": {"tracking_uri": secret_uri}}))
+    logger.tags({"uri": secret_uri})
+    logger.config({"mlflow": {"tracking_uri": secret_uri}})
+    (tmp_path / "report.json").write_text(f'{{"uri": "{secret_uri}"}}')
+    logger.artifact(tmp_path / "report.json", "results")
+    logger.finish()
+    data = logger.data()
+    assert data.params["mlflow.tracking_uri"] == redact(secret_uri)
+    assert data.tags["uri"] == data.tags["source"] == redact(secret_uri)
+    got = Path(logger.client.download_artifacts(logger.run_id, "", str(tmp_path / "dl")))
+    assert (got / "results" / "report.json").read_text() == f'{{"uri": "{redact(secret_uri)}"}}'
+    assert scan_tree(got) == {} and scan_tree(tmp_path / "art") == {}
+    assert not leaks(capsys.readouterr().out.encode())
+
+
 def test_no_secret_in_outputs_runs_artifacts_or_checkpoints(no_session_ray, s3_prefix, tmp_path,
-                                                            capfd, monkeypatch):
+                                                            capfd, monkeypatch, mlflow_server):
     for key, value in {**RAY_ENV, "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_TOKEN": TOKEN,
                        "OMP_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    store = tmp_path / "mlflow"
-    uri = f"sqlite:///{store / 'mlflow.db'}"
+    uri, store = mlflow_server
     found: dict[str, list[str]] = {}
 
     def after_job(name: str) -> None:
@@ -98,6 +168,7 @@ def test_no_secret_in_outputs_runs_artifacts_or_checkpoints(no_session_ray, s3_p
     objects = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix + "/") for o in page.get("Contents", [])]
     assert any(k.endswith("state.pt") for k in objects)
+    assert any(k.endswith("job/tnn_run.json") for k in objects)
     for key in objects:
         if hits := leaks(s3.get_object(Bucket=bucket, Key=key)["Body"].read()):
             found[f"s3://{bucket}/{key}"] = hits

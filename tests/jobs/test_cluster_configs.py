@@ -197,3 +197,47 @@ def test_cluster_readme_names_files_that_exist():
     assert paths
     for p in paths:
         assert (ROOT / p).is_file(), p
+
+
+def dockerfile_steps(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction of a Dockerfile, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", text)
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in (ln.strip() for ln in joined.splitlines())
+            if line and not line.startswith("#")]
+
+
+def cache_problems(steps: list[tuple[str, str]]) -> list[str]:
+    """Why a code edit would rebuild the dependency layer: the dependencies must be installed
+    from pyproject.toml alone before the whole tree is copied, then the project --no-deps."""
+    copies = [i for i, (op, arg) in enumerate(steps) if op in ("COPY", "ADD")]
+    tree = [i for i in copies if re.search(r"(^|\s)\.(/)?\s", steps[i][1] + " ")]
+    deps = [i for i, (op, arg) in enumerate(steps) if op == "RUN" and "pip install" in arg and
+            "--no-deps" not in arg]
+    problems = []
+    if not tree:
+        problems.append("the project tree is never copied")
+    if not deps:
+        problems.append("no RUN pip install of the dependencies")
+    if tree and deps and deps[0] > tree[0]:
+        problems.append("dependencies are installed after the code is copied")
+    early = [steps[i][1] for i in copies if not tree or i < tree[0]]
+    if any("pyproject.toml" not in arg or arg.split()[-2:-1] == ["."] for arg in early):
+        problems.append(f"copies before the dependencies hold more than pyproject.toml: {early}")
+    last = [arg for op, arg in steps if op == "RUN" and "pip install" in arg][-1:]
+    if not last or "--no-deps" not in last[0]:
+        problems.append("the project itself is not installed with --no-deps after the copy")
+    return problems
+
+
+def test_dockerfile_installs_dependencies_before_copying_the_code():
+    steps = dockerfile_steps((CLUSTER / "Dockerfile").read_text())
+    assert steps[0][0] == "FROM"
+    assert cache_problems(steps) == []
+    # the check finds what it is for: the old order (copy everything, then install)
+    old = dockerfile_steps("FROM x\nCOPY --chown=ray:users . /home/ray/tnn\n"
+                           "RUN pip install --no-cache-dir -e /home/ray/tnn\n")
+    assert "dependencies are installed after the code is copied" in cache_problems(old)
+    early_tree = dockerfile_steps("FROM x\nCOPY . /app\nRUN pip install -r r.txt\n"
+                                  "COPY . /app\nRUN pip install --no-deps -e /app\n")
+    assert cache_problems(early_tree) != []

@@ -53,3 +53,35 @@ def test_npz_source_and_errors(tmp_path, capsys):
     assert "npz file not found" in capsys.readouterr().err
     assert crossval.main(["--set", "settings.cca.ridge=abc"]) == 2
     assert "settings.cca.ridge: expected float" in capsys.readouterr().err
+
+
+def test_small_data_runs_the_whole_protocol(tmp_path, capsys):
+    """40 clips, 5 classes, 5 folds (8 clips per test fold): every default method is evaluated;
+    precision@10 on an 8-clip gallery is left out, not an error (short runs via --smoke, with
+    --folds 5 overriding its 2)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 5
+    np.savez(tmp_path / "small.npz", audio=rng.normal(size=(40, 6)) + y[:, None],
+             visual=rng.normal(size=(40, 8)) - y[:, None], labels=y)
+    out = tmp_path / "cv.json"
+    assert crossval.main(["--data", f"npz:{tmp_path / 'small.npz'}", "--smoke", "--folds", "5",
+                          "--json", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["folds"] == 5 and list(res["methods"]) == list(crossval.registry.METHODS)
+    for name, r in res["methods"].items():
+        assert len(r["a2v_map_folds"]) == 5 and 0 < r["a2v_map"] <= 1 and 0 < r["v2a_map"] <= 1
+    assert "crossval: best" in capsys.readouterr().out
+
+
+def test_widths_that_would_allocate_without_bound_are_refused_before_the_data(capsys):
+    """--dim 10**12 once made dcca / tnn-e2e / tnn-label try to allocate petabytes."""
+    cases = [(["--methods", "tnn-e2e", "--dim", str(10**12)],
+              "settings.cca.dim=1000000000000: above 16384, the largest this job builds"),
+             (["--methods", "dcca", "--set", "settings.baselines.dcca.hidden=[100000000]"],
+              "settings.baselines.dcca.hidden=[100000000]: above 16384, the largest this job "
+              "builds"),
+             (["--methods", "cca", "--set", "settings.cca.dim=0"],
+              "settings.cca.dim=0: must be an integer >= 1 (or null: the default for the data)")]
+    for argv, message in cases:
+        assert crossval.main(argv) == 2
+        assert capsys.readouterr().err == f"crossval: error: {message}\n"

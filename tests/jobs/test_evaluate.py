@@ -58,15 +58,15 @@ def test_evaluate_reproduces_the_training_runs_test_map(trained, capsys):
 
     # promoted to champion, the pair loads by alias and scores the same
     assert promote.main(["--experiment", "tnn-train", "--tracking-uri", store]) == 0
-    assert "promoted: champion is now tnn (audio v1, visual v1)" in capsys.readouterr().out
+    assert "promoted: champion is now tnn (version 1)" in capsys.readouterr().out
     assert evaluate.main(["--model", "models:/tnn@champion", "--tracking-uri", store]) == 0
     m = _last(capsys)
     eval_run = tracking.RunLogger(store, m.group(10)).data()
     assert eval_run.metrics["map"] == pytest.approx(logged["final_test_map"], abs=1e-6)
-    assert {k: eval_run.tags[k] for k in ("model_name", "model_alias", "audio_version",
-                                          "visual_version", "source_run_id")} == {
-        "model_name": "tnn", "model_alias": "champion", "audio_version": "1",
-        "visual_version": "1", "source_run_id": run_id}
+    assert {k: eval_run.tags[k] for k in ("model_name", "model_alias", "model_version",
+                                          "source_run_id")} == {
+        "model_name": "tnn", "model_alias": "champion", "model_version": "1",
+        "source_run_id": run_id}
 
 
 def test_held_out_shards_is_the_training_split(tmp_path):
@@ -113,4 +113,4 @@ def test_smoke_overrides_and_errors(tmp_path, capsys):
     assert evaluate.main(["--model", "models:/nobody@champion", "--tracking-uri", store]) == 2
     assert "no model version has alias 'champion'" in capsys.readouterr().err
     assert evaluate.main(["--run", empty.run_id, "--tracking-uri", store]) == 2
-    assert "has no logged 'audio' encoder" in capsys.readouterr().err
+    assert "has no logged encoder model" in capsys.readouterr().err

@@ -213,7 +213,7 @@ def test_train_promote_embed_query_jobs_from_shards_to_retrieval(head, shards, t
                   env_vars=mlflow_env, timeout=200)
     assert last_line(logs, "promote").startswith("promote: promoted: champion is now tnn ")
     assert f"(run {run_id})" in last_line(logs, "promote")
-    champion = client.get_model_version_by_alias("tnn-audio", "champion")
+    champion = client.get_model_version_by_alias("tnn", "champion")  # one model, one alias
     assert champion.run_id == run_id
 
     # the end of the path: a gallery embedded with @champion, then retrieval from it

@@ -1,7 +1,7 @@
 """jobs.promote on a real SQLite registry, with hand-made runs (no Ray): linear encoders of
 known quality logged as a training run would log them (config.yaml, final metrics, pyfunc
-encoders). The champion alias moves only when the challenger is better by the margin, both
-encoders always together."""
+model). The champion alias of the one registered model moves only when the challenger is
+better by the margin."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from tnn.methods.linear import CCAConfig, fit_linear
 from tnn.methods.tnn import TNNConfig
 
 SPLIT = {"data": "uci-mfeat", "folds": 5, "seed": 0, "subset": 0, "test_fold": 0}
-LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(audio v(\d+), visual "
-                  r"v(\d+)\); held-out mean MAP challenger ([0-9.]+) \(run (\w+)\) vs champion "
+LAST = re.compile(r"promote: (promoted|kept): champion (?:is now|stays) m \(version (\d+)\); "
+                  r"held-out mean MAP challenger ([0-9.]+) \(run (\w+)\) vs champion "
                   r"(none|[0-9.]+): (.+)$")
 
 
@@ -49,8 +49,9 @@ def make_run(store, tmp_path, split, name, *, dim, beta, val_map=None, experimen
     maps = {p: (v["a2v_map"] + v["v2a_map"]) / 2 for p, v in s.items()}
     ck = tmp_path / name
     ck.mkdir()
-    checkpoints.save_checkpoint(ck, {"history": [{"epoch": 1, "total": 1.0, "val_map": 0.5}]}, SPLIT, encoder,
-                                TNNConfig(), 10)
+    checkpoints.save_checkpoint(ck, {"epoch": 1, "history": [{"epoch": 1, "total": 1.0,
+                                                               "val_map": 0.5}]},
+                                SPLIT, encoder, TNNConfig(), 10)
     uri, artifacts = tracking.resolve(store, ".")
     tags = {"mlflow.parentRunId": parent} if parent else {}
     logger, _ = tracking.open_run(uri, experiment, name, artifact_location=artifacts, tags=tags)
@@ -75,37 +76,36 @@ def champion(store):
     return registry.get_alias("m", "champion", tracking_uri=store)
 
 
-def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsys):
+def test_promotion_moves_the_alias_only_when_better(store, tmp_path, split, capsys):
     # 1. no champion: the best run becomes it; loaded by alias, it reproduces its logged MAP
     mid, mid_map = make_run(store, tmp_path, split, "mid", dim=9, beta=1.0)
     m = run_promote(store, capsys)
-    assert m.group(1) == "promoted" and m.group(5) == mid and m.group(6) == "none"
-    assert champion(store) == {"audio": "1", "visual": "1"}
-    assert float(m.group(4)) == pytest.approx(mid_map, abs=1e-4)
+    assert m.group(1) == "promoted" and m.group(4) == mid and m.group(5) == "none"
+    assert champion(store) == "1" == m.group(2)
+    assert float(m.group(3)) == pytest.approx(mid_map, abs=1e-4)
     out = evaluation.evaluate("models:/m@champion", tracking_uri=store, log=lambda s: None)
-    assert out["info"]["run_id"] == mid and out["info"]["versions"] == {"audio": "1", "visual": "1"}
+    assert out["info"]["run_id"] == mid and out["info"]["version"] == "1"
     assert out["scores"]["map"] == pytest.approx(mid_map, abs=1e-6)
 
     # 2. a run that looks best on validation but is worse on held-out data: kept
     worse, worse_map = make_run(store, tmp_path, split, "worse", dim=2, beta=1.0, val_map=0.99)
     m = run_promote(store, capsys)
-    assert m.group(1) == "kept" and m.group(5) == worse and worse_map < mid_map
-    assert float(m.group(4)) == pytest.approx(worse_map, abs=1e-4)
-    assert float(m.group(6)) == pytest.approx(mid_map, abs=1e-4)
-    assert champion(store) == {"audio": "1", "visual": "1"}
-    assert registry.get_alias("m", "challenger", tracking_uri=store) == {"audio": "2",
-                                                                          "visual": "2"}
+    assert m.group(1) == "kept" and m.group(4) == worse and worse_map < mid_map
+    assert float(m.group(3)) == pytest.approx(worse_map, abs=1e-4)
+    assert float(m.group(5)) == pytest.approx(mid_map, abs=1e-4)
+    assert champion(store) == "1" == m.group(2)
+    assert registry.get_alias("m", "challenger", tracking_uri=store) == "2"
 
     # 3. better but not by the required margin: kept; then without the margin: promoted
     better, better_map = make_run(store, tmp_path, split, "better", dim=9, beta=0.2,
                                   val_map=1.0)
     assert better_map > mid_map + 0.05
     m = run_promote(store, capsys, "--min-improvement", "0.5")
-    assert m.group(1) == "kept" and "not more than the required +0.5000" in m.group(7)
-    assert champion(store) == {"audio": "1", "visual": "1"}
+    assert m.group(1) == "kept" and "not more than the required +0.5000" in m.group(6)
+    assert champion(store) == "1"
     m = run_promote(store, capsys, "--min-improvement", "0.05")
-    assert m.group(1) == "promoted" and m.group(5) == better
-    assert champion(store) == {"audio": "3", "visual": "3"}  # no re-registration of the same run
+    assert m.group(1) == "promoted" and m.group(4) == better
+    assert champion(store) == "3" == m.group(2)  # no re-registration of the same run
     loaded = registry.load_encoders("models:/m@champion", tracking_uri=store)
     assert loaded.info["run_id"] == better
     fit, _, test = split
@@ -115,20 +115,21 @@ def test_promotion_moves_the_pair_only_when_better(store, tmp_path, split, capsy
 
     # 4. the same best run again: nothing moves, nothing new is registered
     m = run_promote(store, capsys)
-    assert m.group(1) == "kept" and "already is the champion" in m.group(7)
+    assert m.group(1) == "kept" and "already is the champion" in m.group(6)
     from mlflow import MlflowClient
-    assert len(MlflowClient(store).search_model_versions("name = 'm-visual'")) == 3
+    assert len(MlflowClient(store).search_model_versions("name = 'm'")) == 3
 
     # every evaluation is a tnn-evaluate run linked to its model versions
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("tnn-evaluate").experiment_id])
     assert {r.data.tags["source_run_id"] for r in runs} == {mid, worse, better}
     assert all(r.data.tags.get("model_name") == "m" for r in runs)
-    assert client.get_model_version("m-audio", "3").tags["evaluation_run"] in {
+    assert all(r.data.tags["model_version"] in {"1", "2", "3"} for r in runs)
+    assert client.get_model_version("m", "3").tags["evaluation_run"] in {
         r.info.run_id for r in runs}
 
 
-def test_a_failing_alias_move_leaves_the_champion_pair_whole(store, tmp_path, split, capsys,
+def test_a_failing_alias_move_leaves_the_champion_where_it_was(store, tmp_path, split, capsys,
                                                              monkeypatch):
     from mlflow import MlflowClient
     exp = "exp-fail"
@@ -139,7 +140,7 @@ def test_a_failing_alias_move_leaves_the_champion_pair_whole(store, tmp_path, sp
     original = MlflowClient.set_registered_model_alias
 
     def fail(self, name, alias, version):
-        if name == "f-visual" and alias == "champion":
+        if name == "f" and alias == "champion":
             raise RuntimeError("registry went away")
         return original(self, name, alias, version)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail)

@@ -15,8 +15,9 @@ from tnn.data.sources import uci_mfeat
 from tnn.errors import ConfigError
 from tnn.methods import label, protocol, readout
 from tnn.methods.kcca import KCCAConfig, fit_kcca
+from tnn.methods.krr import KRRConfig, KRRProbs
 from tnn.methods.label import LabelConfig, ProxyNet, fit_label, posterior_rows, train_proxy_net
-from tnn.methods.readout import MixPad, map_of, pad_posterior
+from tnn.methods.readout import MixPad, map_of, pad_posterior, weight_grid
 
 
 def small_pairs(per_class=30):
@@ -27,7 +28,8 @@ def small_pairs(per_class=30):
 
 
 def small_cfg(**kw):
-    return LabelConfig(**{"hidden": (64,), "epochs": 3, "kcca": KCCAConfig(rank=80), **kw})
+    return LabelConfig(**{"hidden": (64,), "epochs": 3, "kcca": KCCAConfig(rank=80),
+                          "krr": KRRConfig(rank=80, ridges=(1e-3,)), **kw})
 
 
 def test_pad_posterior_cosine_is_the_probability_of_the_same_class():
@@ -75,11 +77,14 @@ def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch)
     monkeypatch.setattr(label, "probs_of", spy("scored", label.probs_of, lambda a: a[1]))
     monkeypatch.setattr(readout, "probs_of", spy("scored", readout.probs_of, lambda a: a[1]))
     monkeypatch.setattr(label, "path_embed", spy("scored", label.path_embed, lambda a: a[1]))
+    monkeypatch.setattr(label, "pick_krr", spy("krr", label.pick_krr, lambda a: (a[0], a[1])))
+    monkeypatch.setattr(label, "krr_probs", spy("krr_refit", label.krr_probs, lambda a: a[0]))
+    seen["krr"], seen["krr_refit"] = [], []
     cfg = protocol.CrossvalConfig(methods=("tnn-label",), folds=3,
                                   settings=registry.MethodsConfig(tnn_label=small_cfg()))
     folds = protocol.fold_ids(pairs, 3, 0)
     protocol.evaluate("tnn-label", pairs, folds, cfg, log=lambda *a, **k: None)
-    assert len(seen["deep"]) == 3 and len(seen["kernel"]) in (3, 6)
+    assert len(seen["deep"]) == 3 and 3 <= len(seen["kernel"]) <= 6  # a refit per fold or not
     all_val = set()
     for f, (fit, val) in enumerate(seen["deep"]):
         train_idx, test_idx = split(folds, f)
@@ -94,6 +99,10 @@ def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch)
         assert calls[0] == row_keys(seen["deep"][f][0].audio)
         assert calls[1:] in ([], [row_keys(pairs.audio[split(folds, f)[0]])])
     assert seen["scored"] and all(row_keys(x) <= all_val for x in seen["scored"])
+    assert [(row_keys(f.audio), row_keys(v.audio)) for f, v in seen["krr"]] == \
+        [(row_keys(f.audio), row_keys(v.audio)) for f, v in seen["deep"]]  # krr: fit / val only
+    assert all(row_keys(t.audio) in [row_keys(pairs.audio[split(folds, f)[0]]) for f in range(3)]
+               for t in seen["krr_refit"])  # refitted on a training part, never a test fold
     for _, val in seen["deep"]:  # each fold's choices scored both views of its validation rows
         assert any(row_keys(x) == row_keys(val.audio) for x in seen["scored"])
         assert any(row_keys(x) == row_keys(val.visual) for x in seen["scored"])
@@ -101,14 +110,14 @@ def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch)
 
 def test_fallback_to_plain_cluster_kcca_when_it_wins_on_validation():
     pairs = small_pairs()
-    # An untrained network's posterior alone (w = 1 only) is near chance on validation:
-    cfg = small_cfg(epochs=0, mix_grid=(1.0,))
+    # An untrained network's posterior alone is near chance on validation:
+    cfg = small_cfg(epochs=0, components=("deep",))
     enc = fit_label(pairs, cfg, log=lambda s: None)
     ck = fit_kcca(pairs, cfg.kcca, cfg.cca, cfg.cca.beta, log=lambda s: None)
     assert not isinstance(enc.audio_in, MixPad)
     assert np.array_equal(enc.embed_audio(pairs.audio), ck.embed_audio(pairs.audio))
     assert np.array_equal(enc.embed_visual(pairs.visual), ck.embed_visual(pairs.visual))
-    no_fallback = fit_label(pairs, small_cfg(epochs=0, mix_grid=(1.0,), fallback=False),
+    no_fallback = fit_label(pairs, small_cfg(epochs=0, components=("deep",), fallback=False),
                             log=lambda s: None)
     assert isinstance(no_fallback.audio_in, MixPad)
 
@@ -119,7 +128,8 @@ def test_fallback_follows_the_validation_scores():
     outcomes = set()
     for per_class, seed in ((30, 0), (12, 1)):
         lines = []
-        enc = fit_label(small_pairs(per_class), small_cfg(seed=seed), log=lines.append)
+        enc = fit_label(small_pairs(per_class), small_cfg(seed=seed, components=("deep", "kernel")),
+                        log=lines.append)
         mix = max(float(v) for v in re.findall(r":(\d\.\d+)", next(s for s in lines if "mix val" in s)))
         plain = float(next(s for s in lines if "plain cluster-KCCA" in s).split()[-1])
         assert isinstance(enc.audio_in, MixPad) == (plain <= mix)
@@ -156,7 +166,9 @@ def test_fit_is_deterministic_for_a_seed():
 
 def test_config_checks_and_dimension():
     for bad in (dict(lr_schedule="step"), dict(mix_grid=(0.5, 1.5)), dict(temps=()),
-                dict(kernel_scales=(0.0,)), dict(val_fraction=1.0), dict(batch_size=1)):
+                dict(kernel_scales=(0.0,)), dict(val_fraction=1.0), dict(batch_size=1),
+                dict(components=()), dict(components=("deep", "deep")), dict(components=("svm",)),
+                dict(mix_grid=(0.3,)), dict(components=("deep", "kernel"), mix_grid=(1.5,))):
         with pytest.raises(ConfigError):
             LabelConfig(**bad)
     cfg = registry.MethodsConfig().with_dim(5).tnn_label
@@ -179,3 +191,33 @@ def test_registered_and_crossval_smoke_prints_its_row(tmp_path, capsys):
     assert res["methods"]["tnn-label"]["a2v_map"] > 0.5
     assert crossval.main(["--methods", "tnn-label", "--set", "settings.tnn_label.mix_grid=[2]"]) == 2
     assert "mix_grid" in capsys.readouterr().err
+
+
+def test_weight_grid_is_the_simplex_of_the_levels():
+    assert weight_grid((0.0, 0.25, 0.5, 0.75, 1.0), 2) == [(0.0, 1.0), (0.25, 0.75), (0.5, 0.5),
+                                                          (0.75, 0.25), (1.0, 0.0)]
+    assert weight_grid((1.0,), 2) == [(1.0, 0.0)] and weight_grid((0.3,), 1) == [(1.0,)]
+    three = weight_grid((0.0, 0.25, 0.5, 0.75, 1.0), 3)
+    assert len(three) == 15 and all(sum(w) == pytest.approx(1) for w in three)
+    assert weight_grid((1.0,), 3) == [(0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)]
+    assert weight_grid((0.3,), 3) == []
+
+
+def test_mixture_keeps_the_chosen_components_in_order():
+    """The encoder holds exactly the components with weight > 0, in `components` order, each
+    the module type of its component; the krr part is refitted on the whole training data."""
+    pairs = small_pairs()
+    lines = []
+    enc = fit_label(pairs, small_cfg(fallback=False, mix_grid=(0.0, 0.5, 1.0)), log=lines.append)
+    chosen = next(s for s in lines if "mix val MAP (deep/kernel/krr)" in s)
+    scores = {k: float(v) for k, v in re.findall(r"(\S+):(\d\.\d+)", chosen.split(")", 1)[1])}
+    best = max(scores, key=scores.get)
+    weights = [float(x) for x in best.split("/")]
+    kinds = [k for k, w in zip((readout.DeepProbs, readout.KernelProbs, KRRProbs), weights)
+             if w > 0]
+    assert enc.audio_in.weights == [w for w in weights if w > 0]
+    assert [type(m) for m in enc.audio_in.probs] == kinds
+    krr_only = fit_label(pairs, small_cfg(fallback=False, components=("krr",)), log=lambda s: None)
+    (ra,) = krr_only.audio_in.probs
+    assert isinstance(ra, KRRProbs)  # refitted: standardised with all the training rows' mean
+    assert np.allclose(ra.path[0].mean.numpy(), pairs.audio.mean(0), atol=1e-4)

@@ -4,6 +4,7 @@ must match one process running `run_epoch` on the same global batches."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,8 +23,14 @@ from tnn.core.model import TwoBranchNet
 from tnn.methods.linear import CCAConfig, input_maps_from_stats
 from tnn.methods.tnn import TNNConfig, TrainConfig, build_net, loss_kwargs, net_out_dim, run_epoch
 from tnn.ray.prepare import prepare
-from tnn.train.config import MLflowConfig, TrainJobConfig
-from tnn.train.plan import split_in_memory
+from tnn.core.folds import validation_split
+from tnn.core.metrics import cross_modal_scores
+from tnn.methods.label import LabelConfig, fit_label
+from tnn.ray import label_loop
+from tnn.serve import export
+from tnn.train.checkpoints import load_encoder, load_state
+from tnn.train.config import MLflowConfig, TrainJobConfig, network_config
+from tnn.train.plan import split_in_memory, train_test
 
 CONFIGS = ROOT / "jobs" / "configs"
 
@@ -129,3 +136,68 @@ def test_model_has_no_batchnorm_for_the_exact_check():
                     widths((76, 240), 10))
     assert isinstance(net, TwoBranchNet)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+
+
+# --- tnn-label on Ray Train ------------------------------------------------------------------
+
+def test_label_method_config():
+    cfg = build_config(parse_args(["--set", "method=tnn-label", "--set", "tnn_label.epochs=3",
+                                   "--set", "tnn_label.batch_size=96", "--set", "workers=3"]))
+    assert (cfg.method, cfg.tnn_label.epochs, TrainJobConfig().method) == ("tnn-label", 3, "tnn")
+    net = network_config(cfg).tnn
+    assert (net.pipeline, net.train.batch_size, net.train.epochs) == ("e2e", 96, 3)
+    assert network_config(TrainJobConfig()) == TrainJobConfig()
+    with pytest.raises(ConfigError, match="tnn_label.batch_size=256"):
+        TrainJobConfig(method="tnn-label", workers=3)
+    with pytest.raises(ConfigError, match="method='label'"):
+        TrainJobConfig(method="label")
+    lab = dataclasses.replace(cfg, tnn_label=LabelConfig(val_fraction=0.3, seed=2), subset=300,
+                              workers=1)
+    fit, val, _ = split_in_memory(lab)
+    train, _ = train_test(lab)
+    assert val.n == len(validation_split(train.labels, 0.3, 2)[1])
+
+
+LABEL = LabelConfig(hidden=(64,), epochs=8, batch_size=64, patience=99,  # kcca.rank 1000 >
+                    mix_grid=(0.0, 0.5, 1.0))  # rows: every row a landmark; all 3 components
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_tnn_label_one_worker_checkpoints_exports_and_matches_fit_label(ray_local, tmp_path):
+    """method=tnn-label through `fit` (1 worker, gloo): DDP-ready loop, rank 0's readout, one
+    encoder in the final checkpoint that embeds (and exports) as reported; its network's best
+    validation MAP and its test MAP are within noise of `fit_label` on the same training folds
+    (the kernel part sees all fit rows here; the bounded sample is checked on its own)."""
+    cfg = TrainJobConfig(method="tnn-label", tnn_label=LABEL, subset=600, workers=1,
+                         test_curve=False, storage_path=str(tmp_path / "runs"),
+                         run_name="label", mlflow=MLflowConfig(enabled=False))
+    prep = prepare(cfg, log=lambda s: None)
+    fit, val, test = split_in_memory(cfg)
+    assert (prep.n_fit, prep.val.n) == (fit.n, val.n) and fit.n > 300
+    sample = label_loop.readout_sample(prep, 300, 0)
+    assert sample.n == 300 and np.bincount(sample.labels).min() >= 25  # class-balanced
+    everything = label_loop.readout_sample(prep, 10_000, 0)  # all rows, in fit-set order
+    np.testing.assert_allclose(everything.audio, prep.audio_in(torch.from_numpy(fit.audio)),
+                               atol=1e-5)
+    result = tl.fit(cfg, prep)
+    m = result.metrics
+    assert m["done"] == 1 and m["readout_rows"] == fit.n and 1 <= m["best_epoch"] <= 8
+    enc = load_encoder(result.checkpoint.path)
+    s = cross_modal_scores(enc.embed_audio(test.audio), enc.embed_visual(test.visual), test.labels)
+    assert abs(0.5 * (s["a2v_map"] + s["v2a_map"]) - m["test_map"]) < 1e-6
+    export.export_branch(enc, "visual", tmp_path / "visual")
+    embed, _ = export.load_branch(tmp_path / "visual")
+    assert np.abs(embed(test.visual) - enc.embed_visual(test.visual)).max() <= 1e-6
+    train, _ = train_test(cfg)
+    lines = []
+    mem = fit_label(train, LABEL, log=lines.append)
+    s = cross_modal_scores(mem.embed_audio(test.audio), mem.embed_visual(test.visual), test.labels)
+    mem_map = 0.5 * (s["a2v_map"] + s["v2a_map"])
+    mem_net = float(next(x for x in lines if "net: best val MAP" in x).split()[5])
+    net_map = float(load_state(result.checkpoint.path)["best"])
+    print(f"tnn-label: network best val MAP {net_map:.4f} (Ray Train, 1 worker) vs "
+          f"{mem_net:.4f} (fit_label); test MAP {m['test_map']:.4f} (readout weights "
+          f"{[m[c + '_weight'] for c in LABEL.components]}, fallback {m['fallback']}) vs "
+          f"{mem_map:.4f}")
+    assert abs(net_map - mem_net) < 0.05 and abs(m["test_map"] - mem_map) < 0.03

@@ -87,7 +87,7 @@ def test_a_new_sqlite_experiment_keeps_artifacts_beside_the_database(tmp_path, m
     assert not (tmp_path / "mlruns").exists()
 
 
-# --- encoders as pyfunc models, the registry and aliases ---------------------------------------
+# --- the encoder as one pyfunc model, the registry and aliases -------------------------------
 
 NO_TNN_LOAD = """
 import json, sys
@@ -99,16 +99,16 @@ class Block:
 sys.meta_path.insert(0, Block())
 import mlflow
 mlflow.set_tracking_uri(sys.argv[1])
-for modality in ("audio", "visual"):
-    model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}-{modality}@champion")
-    np.save(f"{modality}.npy", model.predict(np.load(f"x_{modality}.npy")))
+model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@champion")
+np.save("audio.npy", model.predict(np.load("x_audio.npy")))  # the default branch
+np.save("visual.npy", model.predict(np.load("x_visual.npy"), params={"modality": "visual"}))
 print(json.dumps(sorted(k for k in sys.modules if k.split(".")[0] == "tnn")))
 """
 
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """A run holding a hand-made checkpoint's plots, encoder files and two pyfunc encoders."""
+    """A run holding a hand-made checkpoint's plots, encoder files and its pyfunc model."""
     import numpy as np
     import torch
 
@@ -125,30 +125,29 @@ def logged(tmp_path_factory):
     torch.manual_seed(0)
     encoder = Encoder(a_in, v_in, build_net(cfg, a_in, v_in, uci), 76, 240).eval()
     history = [{"epoch": e, "total": 1.0 / e, "val_map": 0.5 + e / 10} for e in (1, 2)]
-    checkpoints.save_checkpoint(tmp, {"history": history}, {"run_name": "r"}, encoder, cfg, 10)
+    checkpoints.save_checkpoint(tmp, {"epoch": 2, "history": history}, {"run_name": "r"},
+                                encoder, cfg, 10)
     uri, artifacts = tracking.resolve(None, tmp / "mlflow")
     logger, _ = tracking.open_run(uri, "exp", "with-encoders", artifact_location=artifacts)
-    uris = registry.log_checkpoint(logger, tmp)
-    return {"uri": uri, "artifacts": artifacts, "logger": logger, "uris": uris, "uci": uci,
-            "encoder": encoder, "tmp": tmp}
+    model_uri = registry.log_checkpoint(logger, tmp)
+    return {"uri": uri, "artifacts": artifacts, "logger": logger, "model_uri": model_uri,
+            "uci": uci, "encoder": encoder, "tmp": tmp}
 
 
-def test_log_checkpoint_puts_plots_files_and_two_encoders_in_the_run(logged):
-    logger, uris = logged["logger"], logged["uris"]
-    assert set(uris) == {"audio", "visual"} and all(u.startswith("models:/m-") for u in uris.values())
+def test_log_checkpoint_puts_plots_files_and_one_model_in_the_run(logged):
+    logger, model_uri = logged["logger"], logged["model_uri"]
+    assert model_uri.startswith("models:/m-")
     names = {a.path for a in logger.client.list_artifacts(logger.run_id)}
     assert names == {"plots", "encoder"}
     assert {a.path for a in logger.client.list_artifacts(logger.run_id, "encoder")} == {
         "encoder/encoder.pt", "encoder/encoder.json", "encoder/config.json"}
     run = logger.client.get_run(logger.run_id)
     assert run.info.status == "RUNNING"  # the job finishes it
-    assert {o.model_id for o in run.outputs.model_outputs} == {u[len("models:/"):]
-                                                             for u in uris.values()}
-    models = registry.logged_encoders(logger.run_id, tracking_uri=logged["uri"])
-    for modality, model in models.items():
-        assert model.experiment_id == run.info.experiment_id  # not the Default experiment
-        assert model.artifact_location.startswith(logged["artifacts"])
-        assert str(model.status).endswith("READY") and model.name == modality
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_uri[len("models:/"):]]
+    model = registry.logged_model(logger.run_id, tracking_uri=logged["uri"])
+    assert model.experiment_id == run.info.experiment_id  # not the Default experiment
+    assert model.artifact_location.startswith(logged["artifacts"])
+    assert str(model.status).endswith("READY") and model.name == registry.LOGGED_NAME
 
 
 def test_using_restores_the_global_tracking_uri(logged, monkeypatch):
@@ -186,72 +185,56 @@ def test_using_restores_uris_set_globally_before(logged, tmp_path, monkeypatch):
             os.environ.pop(key, None)
 
 
-def test_pyfunc_encoders_by_alias_and_by_run_equal_the_encoder(logged):
+def test_one_model_by_alias_version_and_run_equals_the_encoder(logged):
     import numpy as np
     uri, run_id, uci, enc = logged["uri"], logged["logger"].run_id, logged["uci"], logged["encoder"]
-    v1 = registry.register_encoders(run_id, "reg", tracking_uri=uri)
-    v2 = registry.register_encoders(run_id, "reg", tracking_uri=uri)
-    assert v1 == {"audio": "1", "visual": "1"} and v2 == {"audio": "2", "visual": "2"}
+    assert registry.register_model(run_id, "reg", tracking_uri=uri) == "1"
+    assert registry.register_model(run_id, "reg", tracking_uri=uri) == "2"
     assert registry.get_alias("reg", "champion", tracking_uri=uri) is None
-    registry.set_alias("reg", "champion", v1, tracking_uri=uri)
-    registry.set_alias("reg", "challenger", v2, tracking_uri=uri)
-    assert registry.get_alias("reg", "champion", tracking_uri=uri) == v1
+    registry.set_alias("reg", "champion", "1", tracking_uri=uri)
+    registry.set_alias("reg", "challenger", "2", tracking_uri=uri)
+    assert registry.get_alias("reg", "champion", tracking_uri=uri) == "1"
     loaded = registry.load_encoders("models:/reg@challenger", tracking_uri=uri)
-    ids = {m: u[len("models:/"):] for m, u in logged["uris"].items()}
+    model_id = logged["model_uri"][len("models:/"):]
     assert loaded.info == {"model_uri": "models:/reg@challenger", "name": "reg",
-                           "alias": "challenger", "versions": v2, "run_id": run_id,
-                           "model_ids": ids}
+                           "alias": "challenger", "version": "2",
+                           "versions": {"audio": "2", "visual": "2"}, "run_id": run_id,
+                           "model_id": model_id}
+    by_version = registry.load_encoders("models:/reg/1", tracking_uri=uri)
+    assert by_version.info["version"] == "1" and by_version.info["alias"] is None
     by_run = registry.load_encoders(f"runs:/{run_id}", tracking_uri=uri)
     assert by_run.info["run_id"] == run_id and by_run.info["versions"] is None
-    for models in (loaded, by_run):
+    for models in (loaded, by_version, by_run):
         a, v = models.audio.predict(uci.audio), models.visual.predict(uci.visual)
         assert a.dtype == np.float32 and a.shape == (uci.n, 9)
         np.testing.assert_allclose(a, enc.embed_audio(uci.audio), atol=1e-6, rtol=0)
         np.testing.assert_allclose(v, enc.embed_visual(uci.visual), atol=1e-6, rtol=0)
+    # the pyfunc itself: audio by default, the branch by the `modality` param
+    np.testing.assert_array_equal(loaded.model.predict(uci.audio[:5]), a[:5])
     with pytest.raises(Exception, match="shape"):
         loaded.audio.predict(uci.visual)
-    meta = loaded.audio.metadata
-    assert meta.get_input_schema().inputs[0].shape == (-1, 76)
-    assert meta.get_output_schema().inputs[0].shape == (-1, 9)
+    with pytest.raises(Exception, match="modality must be 'audio' or 'visual'; got 'smell'"):
+        loaded.model.predict(uci.audio[:2], params={"modality": "smell"})
+    meta = loaded.model.metadata
+    assert meta.get_input_schema().inputs[0].shape == (-1, -1)
+    assert [(p.name, p.default) for p in meta.get_params_schema().params] == [
+        ("modality", "audio")]
+    assert (loaded.audio.in_dim, loaded.visual.in_dim) == (76, 240)
     assert meta.saved_input_example_info is not None  # an input example was logged
 
 
-def test_load_encoders_refuses_unknown_uris_and_missing_aliases(logged):
+def test_load_encoders_refuses_unknown_uris_aliases_and_versions(logged):
     from tnn.errors import ConfigError
     uri = logged["uri"]
-    with pytest.raises(ConfigError, match="expected models:/NAME@ALIAS or runs:/RUN_ID"):
+    with pytest.raises(ConfigError, match="expected models:/NAME@ALIAS, models:/NAME/VERSION "
+                                          "or runs:/RUN_ID"):
         registry.load_encoders("s3://b/model", tracking_uri=uri)
-    registry.register_encoders(logged["logger"].run_id, "noalias", tracking_uri=uri)
-    with pytest.raises(ConfigError, match="no model version has alias 'champion'"):
+    registry.register_model(logged["logger"].run_id, "noalias", tracking_uri=uri)
+    with pytest.raises(ConfigError, match="noalias@champion: no model version has alias "
+                                          "'champion'"):
         registry.load_encoders("models:/noalias@champion", tracking_uri=uri)
-
-
-def test_set_alias_never_leaves_the_pair_split(logged, monkeypatch):
-    from mlflow import MlflowClient
-    uri, run_id = logged["uri"], logged["logger"].run_id
-    v1 = registry.register_encoders(run_id, "pair", tracking_uri=uri)
-    v2 = registry.register_encoders(run_id, "pair", tracking_uri=uri)
-    original = MlflowClient.set_registered_model_alias
-
-    def fail_on_visual(self, name, alias, version):
-        if name.endswith("-visual"):
-            raise RuntimeError("registry went away")
-        return original(self, name, alias, version)
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
-    with pytest.raises(RuntimeError, match="went away"):  # no champion before: none after
-        registry.set_alias("pair", "champion", v1, tracking_uri=uri)
-    assert registry.get_alias("pair", "champion", tracking_uri=uri) is None
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", original)
-    registry.set_alias("pair", "champion", v1, tracking_uri=uri)
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_on_visual)
-    with pytest.raises(RuntimeError):  # a champion before: the audio one is put back
-        registry.set_alias("pair", "champion", v2, tracking_uri=uri)
-    assert registry.get_alias("pair", "champion", tracking_uri=uri) == v1
-    # a pair split by hand is reported, not used
-    original(MlflowClient(uri), "pair-audio", "champion", v2["audio"])
-    from tnn.errors import ConfigError
-    with pytest.raises(ConfigError, match="split"):
-        registry.get_alias("pair", "champion", tracking_uri=uri)
+    with pytest.raises(ConfigError, match="model 'noalias' has no version '7'"):
+        registry.load_encoders("models:/noalias/7", tracking_uri=uri)
 
 
 def test_champion_loads_by_alias_without_the_tnn_package(logged):
@@ -260,8 +243,8 @@ def test_champion_loads_by_alias_without_the_tnn_package(logged):
 
     import numpy as np
     uri, tmp, uci, enc = logged["uri"], logged["tmp"], logged["uci"], logged["encoder"]
-    versions = registry.register_encoders(logged["logger"].run_id, "iso", tracking_uri=uri)
-    registry.set_alias("iso", "champion", versions, tracking_uri=uri)
+    version = registry.register_model(logged["logger"].run_id, "iso", tracking_uri=uri)
+    registry.set_alias("iso", "champion", version, tracking_uri=uri)
     work = tmp / "isolated"
     work.mkdir()
     np.save(work / "x_audio.npy", uci.audio[:64])

@@ -28,6 +28,8 @@ from tnn.core.cca_loss import batch_stats
 from tnn.core.model import BranchConfig, TwoBranchNet
 from tnn.methods.linear import CCAConfig
 from tnn.methods.tnn import TNNConfig, TrainConfig, loss_kwargs, run_epoch
+from tnn.core.losses import proxy_loss
+from tnn.train.proxy import global_proxy_loss
 
 WORLD, CLASSES, BATCH, ROWS, EPOCHS = 2, 4, 16, 32, 2  # 2 steps per epoch, 8 rows per rank
 DA, DV = 6, 5
@@ -110,7 +112,8 @@ def spawn(fn, tmp_path, world=WORLD, device="cpu", timeout=90) -> list:
 def _groups_worker(rank, world, device):
     """Every multi-process group in one run: {group: (True, result) or (False, traceback)}."""
     out = {}
-    for name, fn in (("collectives", _collectives_worker), ("ddp", _ddp_worker)):
+    for name, fn in (("collectives", _collectives_worker), ("ddp", _ddp_worker),
+                     ("proxy", _proxy_worker)):
         try:
             out[name] = (True, fn(rank, world, device))
         except Exception:  # reported by that group's test; the next group still runs
@@ -256,6 +259,64 @@ def _single_process_step(net, xa, xv, labels, kwargs):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
+class _ProxyModel(torch.nn.Module):
+    """tnn-label's network without BatchNorm and dropout: two branches to unit rows, proxies."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        branch = BranchConfig(hidden=(8,), out_dim=4, dropout=0.0, activation="relu",
+                              head_activation=False, final="l2")
+        self.net = TwoBranchNet(DA, DV, branch, branch).double()
+        self.proxies = torch.nn.Parameter(torch.randn(CLASSES, 4, dtype=torch.float64))
+
+    def forward(self, xa, xv):
+        return self.net(xa, xv)
+
+
+PROXY_CONFIGS = {"default": dict(scale=16.0), "weighted": dict(scale=4.0, w_proxy=0.5,
+                                                               w_triplet=2.0, margin=0.3),
+                 "proxy_only": dict(scale=8.0, w_triplet=0.0)}
+
+
+def _proxy_train(model, step_loss, batches):
+    """Adam through `step_loss(model, batch) -> terms`; per-step terms and gradients."""
+    opt, steps = torch.optim.Adam(model.parameters(), lr=1e-2), []
+    for batch in batches:
+        terms = step_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        steps.append(({k: float(terms[k].detach()) for k in ("total", "triplet", "proxy")},
+                      [p.grad.detach().clone() for p in model.parameters()]))
+        opt.step()
+    return steps
+
+
+def _global_batches():
+    gen = torch.Generator().manual_seed(1)
+    return [perm[b * BATCH:(b + 1) * BATCH] for perm in
+            (torch.randperm(ROWS, generator=gen) for _ in range(EPOCHS))
+            for b in range(ROWS // BATCH)]
+
+
+def _proxy_worker(rank, world, device):
+    """tnn-label's loss over the global batch: DDP on this rank's half of each global batch."""
+    xa, xv, labels = _data()
+    out = {}
+    for name, kw in PROXY_CONFIGS.items():
+        model = _ProxyModel()
+        ddp = DistributedDataParallel(model)
+
+        def step(_, glob):
+            idx = glob.view(world, -1)[rank]  # this rank's half of the global batch
+            emb = ddp(xa[idx], xv[idx])
+            return global_proxy_loss(emb["audio_emb"], emb["visual_emb"], labels[idx],
+                                     model.proxies, rows=BATCH // world, **kw)
+        steps = _proxy_train(ddp, step, _global_batches())
+        out[name] = (steps, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    return out
+
+
 # --- tests -----------------------------------------------------------------------------------
 
 def test_single_process_fallbacks():
@@ -351,3 +412,42 @@ def _nccl_worker(rank, world, device):
     labels = torch.arange(4 * world, device=device) % 3
     assert torch.equal(tdist.gather_labels(labels[4 * rank:4 * (rank + 1)]), labels)
     return True
+
+
+def test_global_proxy_loss_is_proxy_loss_in_one_process():
+    g = torch.Generator().manual_seed(3)
+    a, v = (torch.nn.functional.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64),
+                                          dim=1).requires_grad_(True) for _ in range(2))
+    proxies = torch.randn(CLASSES, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(8) % CLASSES
+    got = global_proxy_loss(a, v, labels, proxies, 8.0, w_triplet=0.5)
+    want = proxy_loss(a, v, labels, proxies, 8.0, w_triplet=0.5)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_ddp_proxy_loss_equals_one_process_on_the_global_batch(two_workers):
+    """2 gloo workers, each with half of every global batch: the same loss terms, gradients
+    (proxies included) and trained parameters as one process on the concatenated batches."""
+    results = _group(two_workers, "proxy")
+    xa, xv, labels = _data()
+    worst = 0.0
+    for name, kw in PROXY_CONFIGS.items():
+        model = _ProxyModel()
+
+        def step(m, glob):
+            emb = m(xa[glob], xv[glob])
+            return proxy_loss(emb["audio_emb"], emb["visual_emb"], labels[glob], m.proxies, **kw)
+        want = _proxy_train(model, step, _global_batches())
+        assert max(g.abs().max().item() for g in want[0][1]) > 0
+        for rank, result in enumerate(results):
+            steps, state = result[name]
+            assert len(steps) == len(want)
+            for (got_terms, got_grads), (want_terms, want_grads) in zip(steps, want):
+                for key, value in want_terms.items():
+                    assert got_terms[key] == pytest.approx(value, abs=1e-9), (name, rank, key)
+                worst = max([worst] + [(g - w).abs().max().item()
+                                       for g, w in zip(got_grads, want_grads)])
+            err = max((state[k] - v).abs().max().item() for k, v in model.state_dict().items())
+            assert err < 1e-6, f"{name} rank {rank}: parameters differ by {err:.2e}"
+    print(f"tnn-label loss, 2 gloo processes vs 1: gradients differ by at most {worst:.1e}")
+    assert worst < 1e-6, f"gradients differ by {worst:.2e}"

@@ -196,3 +196,50 @@ def _default_cca() -> Callable[..., torch.Tensor]:
         raise ConfigError("w_cca != 0 needs tnn.core.cca_loss.cluster_cca_loss or a `cca` "
                           "callable") from err
     return cluster_cca_loss
+
+
+# --- tnn-label: class proxies shared by both branches ----------------------------------------
+
+def proxy_logits(emb: torch.Tensor, proxies: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, k) unit rows x (C, k) proxies -> (B, C) logits s * cos(z, P_c) (P row-normalised)."""
+    return scale * emb @ F.normalize(proxies, dim=1).T
+
+
+def proxy_cross_entropy(audio_emb: torch.Tensor, audio_labels: torch.Tensor,
+                        visual_emb: torch.Tensor, visual_labels: torch.Tensor, *,
+                        proxies: torch.Tensor, scale: float) -> torch.Tensor:
+    """1/2 [CE(s z_a P^T, y_a) + CE(s z_v P^T, y_v)], each a mean over its rows. It has the
+    signature of `combined_loss`'s ``cca`` term, so it is taken on the refs (the global batch)."""
+    ce_a = F.cross_entropy(proxy_logits(audio_emb, proxies, scale), audio_labels)
+    ce_v = F.cross_entropy(proxy_logits(visual_emb, proxies, scale), visual_labels)
+    return 0.5 * (ce_a + ce_v)
+
+
+def proxy_loss_kwargs(proxies: torch.Tensor, scale: float, *, w_proxy: float = 1.0,
+                      w_triplet: float = 1.0, margin: float = 0.2) -> dict:
+    """The `combined_loss` keywords of the tnn-label loss: both directions of the cosine
+    batch-all triplet loss (mean over positive triplets) plus ``w_proxy`` times
+    `proxy_cross_entropy` in the slot of the batch-level term (`tnn.train.distributed`'s
+    `global_batch_loss` takes the same keywords)."""
+    return dict(directions=("a2v", "v2a"), w_triplet=w_triplet, w_cca=w_proxy,
+                cca=proxy_cross_entropy, cca_kwargs={"proxies": proxies, "scale": scale},
+                margin=margin, distance="cosine", miner="batch_all", reduction="mean_positive")
+
+
+def proxy_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels: torch.Tensor,
+               proxies: torch.Tensor, scale: float, *, w_proxy: float = 1.0,
+               w_triplet: float = 1.0, margin: float = 0.2,
+               **refs) -> dict[str, torch.Tensor]:
+    """The tnn-label loss of a batch of pairs (z_a, z_v unit rows (B, k), labels (B,)) with
+    class proxies P (C, k) at inverse temperature s = ``scale``:
+
+        L = w_proxy * 1/2 [CE(s z_a P^T, y) + CE(s z_v P^T, y)] + w_triplet * T(z_a, z_v, y)
+
+    T the mean of both directions' cosine batch-all triplet losses (``margin``, mean over
+    positive triplets). ``refs``: `combined_loss`'s ref_audio_emb, ref_visual_emb, ref_labels
+    and self_index (local anchors against gathered refs; the CE is taken on the refs).
+    Returns `combined_loss`'s terms, plus ``"proxy"`` (= ``"cca"``, the CE term)."""
+    out = combined_loss(audio_emb, visual_emb, labels, **refs,
+                        **proxy_loss_kwargs(proxies, scale, w_proxy=w_proxy,
+                                            w_triplet=w_triplet, margin=margin))
+    return {**out, "proxy": out["cca"]}

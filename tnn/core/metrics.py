@@ -15,6 +15,9 @@ relevant / all items scoring at least s:
   rho = i / (L - 1), i = 0..L-1 (11-point for L = 11), averaged over queries.
 - A query with no relevant gallery item gets NaN and is left out of every mean; DataError if no
   query has one.
+- A cutoff k above the gallery size G has no precision@k: it is left out of the results, and
+  `retrieval_metrics` / `cross_modal_scores` name it under "ks_left_out" (a tuple), so a small
+  test fold (8 clips with the default ks 1, 5, 10) is evaluated, not refused.
 
 Scaling: query rows go in chunks sized from `memory_gib` to `n_threads` threads (numpy releases
 the GIL in sort and searchsorted); each chunk is sorted once (SIMD `np.sort`) and the relevant
@@ -28,61 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tnn.core.metric_checks import (check_labels, check_matrix, check_options, normalised,
+                                    unit_rows)
 from tnn.errors import DataError
 
+__all__ = ["DEFAULT_KS", "unit_rows", "average_precision", "mean_average_precision",
+           "precision_at_k", "mrr_at_1", "pr_curve", "retrieval_metrics", "cross_modal_scores"]
 DEFAULT_KS = (1, 5, 10)
 _WORK_BYTES = 48  # int64/float64 work arrays per (query, relevant item) in _group_stats
-
-
-def _check_labels(labels, name: str, n: int, against: str) -> np.ndarray:
-    a = np.asarray(labels)
-    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{name} must be a 1-D integer array, got dtype {a.dtype}, shape {a.shape}")
-    if len(a) != n:
-        raise DataError(f"{name} has {len(a)} entries but {against} has {n}")
-    return a
-
-
-def _check_matrix(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 2 or 0 in a.shape:
-        raise DataError(f"{name} must be a non-empty 2-D array, got shape {a.shape}")
-    if a.dtype.kind not in "iuf":
-        raise DataError(f"{name} must be real-valued, got dtype {a.dtype}")
-    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
-
-
-def _normalised(emb, name: str) -> np.ndarray:
-    """Rows scaled to unit L2 norm, so that dot products are cosine similarities."""
-    return unit_rows(_check_matrix(emb, name), name)
-
-
-def unit_rows(a: np.ndarray, name: str) -> np.ndarray:
-    """Finite, non-zero rows of a 2-D array scaled to unit length; `DataError` naming the
-    first bad row otherwise."""
-    bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
-    if len(bad):
-        raise DataError(f"{name}: row {bad[0]} has NaN or inf values")
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise DataError(f"{name}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    return a / norms
-
-
-def _check_options(q_labels, g_labels, ks, n_levels, chunk_size, memory_gib, n_threads):
-    """Validates the options; returns ks sorted, with 1 added (MRR@1 is always computed)."""
-    if not np.isin(q_labels, g_labels).any():
-        raise DataError("no query has a relevant gallery item (no q_labels value is in g_labels)")
-    if any(not isinstance(k, (int, np.integer)) or not 1 <= k <= len(g_labels) for k in ks):
-        raise DataError(f"ks must be integers in 1..{len(g_labels)} (the gallery), got {tuple(ks)}")
-    if n_levels == 1 or n_levels < 0:
-        raise DataError(f"n_levels must be 0 (no PR curve) or >= 2, got {n_levels}")
-    for name, value in (("chunk_size", chunk_size), ("n_threads", n_threads)):
-        if value is not None and value < 1:
-            raise DataError(f"{name} must be a positive integer or None, got {value}")
-    if not memory_gib > 0:
-        raise DataError(f"memory_gib must be positive, got {memory_gib}")
-    return tuple(sorted({1, *(int(k) for k in ks)}))
 
 
 def _first_of_block(a: np.ndarray) -> np.ndarray:
@@ -199,10 +155,10 @@ def _all_stats(fill, dtype, q_labels, g_labels, ks, n_levels, chunk_size, memory
 def _sim_stats(sim, q_labels, g_labels, ks=(1,), n_levels=0, chunk_size=None, memory_gib=1.0,
                n_threads=None):
     """Validated inputs -> (ks with 1 added, per-query stats of `_all_stats`)."""
-    sim = _check_matrix(sim, "sim")
-    q = _check_labels(q_labels, "q_labels", sim.shape[0], "sim (rows)")
-    g = _check_labels(g_labels, "g_labels", sim.shape[1], "sim (columns)")
-    ks = _check_options(q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
+    sim = check_matrix(sim, "sim")
+    q = check_labels(q_labels, "q_labels", sim.shape[0], "sim (rows)")
+    g = check_labels(g_labels, "g_labels", sim.shape[1], "sim (columns)")
+    ks = check_options(q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
 
     def fill(lo, hi, out):
         out[...] = sim[lo:hi]
@@ -252,9 +208,9 @@ def retrieval_metrics(query_emb, q_labels, gallery_emb, g_labels, *, ks=DEFAULT_
 
     Returns floats "map", "mrr1", "p@k" for k in ks, and when n_levels > 0 the arrays
     "pr_recall", "pr_precision" (L,). Options as in `average_precision`."""
-    qe, ge = _normalised(query_emb, "query_emb"), _normalised(gallery_emb, "gallery_emb")
-    q = _check_labels(q_labels, "q_labels", len(qe), "query_emb")
-    g = _check_labels(g_labels, "g_labels", len(ge), "gallery_emb")
+    qe, ge = normalised(query_emb, "query_emb"), normalised(gallery_emb, "gallery_emb")
+    q = check_labels(q_labels, "q_labels", len(qe), "query_emb")
+    g = check_labels(g_labels, "g_labels", len(ge), "gallery_emb")
     return _retrieval(qe, q, ge, g, ks, n_levels, chunk_size, memory_gib, n_threads)
 
 
@@ -264,7 +220,7 @@ def _retrieval(qe, q, ge, g, ks, n_levels, chunk_size, memory_gib, n_threads) ->
     embeddings when results must not depend on chunk_size."""
     if qe.shape[1] != ge.shape[1]:
         raise DataError(f"query dim {qe.shape[1]} differs from gallery dim {ge.shape[1]}")
-    ks_all = _check_options(q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
+    ks_all = check_options(q, g, ks, n_levels, chunk_size, memory_gib, n_threads)
     dtype = np.result_type(qe, ge)
     qe, g_t = qe.astype(dtype, copy=False), np.ascontiguousarray(ge.T, dtype)
     fill = lambda lo, hi, out: np.matmul(qe[lo:hi], g_t, out=out)  # noqa: E731
@@ -274,7 +230,9 @@ def _retrieval(qe, q, ge, g, ks, n_levels, chunk_size, memory_gib, n_threads) ->
 
 def _summary(ks_all, ks, n_levels, ap, pk, pr) -> dict:
     p = dict(zip(ks_all, np.nanmean(pk, axis=0).tolist()))
-    out = {"map": float(np.nanmean(ap)), "mrr1": p[1], **{f"p@{k}": p[k] for k in ks}}
+    out = {"map": float(np.nanmean(ap)), "mrr1": p[1], **{f"p@{k}": p[k] for k in ks if k in p}}
+    if any(k not in p for k in ks):  # above the gallery size: left out, with this note
+        out["ks_left_out"] = tuple(int(k) for k in ks if k not in p)
     if n_levels:
         out.update(pr_recall=np.arange(n_levels) / (n_levels - 1), pr_precision=np.nanmean(pr, 0))
     return out
@@ -288,13 +246,14 @@ def cross_modal_scores(audio_emb, visual_emb, labels, *, ks=DEFAULT_KS, n_levels
     visual query with V_chunk @ A.T, the transpose of the same cosine similarity. Keys:
     "a2v_map", "v2a_map", "mrr1_a2v", "mrr1_v2a", "a2v_p@k", "v2a_p@k" (floats), and when
     n_levels > 0 "pr_recall", "a2v_pr", "v2a_pr" (arrays). Options as in `average_precision`."""
-    a, v = _normalised(audio_emb, "audio_emb"), _normalised(visual_emb, "visual_emb")
+    a, v = normalised(audio_emb, "audio_emb"), normalised(visual_emb, "visual_emb")
     if a.shape != v.shape:
         raise DataError(f"audio_emb has shape {a.shape} but visual_emb has shape {v.shape}")
-    y = _check_labels(labels, "labels", len(a), "audio_emb")
+    y = check_labels(labels, "labels", len(a), "audio_emb")
     opts, out = (ks, n_levels, chunk_size, memory_gib, n_threads), {}
     for name, (q_emb, g_emb) in (("a2v", (a, v)), ("v2a", (v, a))):
         res = _retrieval(q_emb, y, g_emb, y, *opts)
-        rename = {"mrr1": f"mrr1_{name}", "pr_recall": "pr_recall", "pr_precision": f"{name}_pr"}
+        rename = {"mrr1": f"mrr1_{name}", "pr_recall": "pr_recall", "pr_precision": f"{name}_pr",
+                  "ks_left_out": "ks_left_out"}
         out.update({rename.get(key, f"{name}_{key}"): value for key, value in res.items()})
     return out

@@ -1,7 +1,7 @@
 """`Pairs`, the in-memory paired data every source yields, and its checks.
 
-`Pairs` holds row-aligned arrays: `audio` float32 (N, Da), `visual` float32 (N, Dv), `labels`
-int64 (N,) in 0..C-1, `clip_ids` str (N,) unique, optional `folds` int8 (N,). `make_pairs`
+`Pairs` holds row-aligned arrays: `audio` float32 (N, Da >= 1), `visual` float32 (N, Dv >= 1),
+`labels` int64 (N,) in 0..C-1, `clip_ids` str (N,) unique, optional `folds` int8 (N,). `make_pairs`
 builds one from array-likes, converting dtypes; `validate` (run on every construction)
 raises `DataError` naming the source, array and row at fault. numpy only.
 """
@@ -49,18 +49,32 @@ def make_pairs(audio, visual, labels, clip_ids=None, class_names=None, name="pai
                folds=None) -> Pairs:
     """Build `Pairs` from array-likes, converting dtypes and checking everything.
 
-    Labels must be integer-valued and >= 0; C = max(label) + 1 unless `class_names` is given.
+    Labels must be integer-valued and >= 0. Without `class_names` the classes are the distinct
+    label values (their names), remapped to 0..C-1, so C is at most the number of rows: a
+    label of 10**12 allocates nothing.
     """
     audio = _matrix(audio, "audio", name)
     visual = _matrix(visual, "visual", name)
     labels = _labels(labels, name)
     if clip_ids is None:
         clip_ids = np.array([f"{name}-{i:07d}" for i in range(len(labels))])
-    clip_ids = np.asarray(clip_ids).astype(str)
+    clip_ids = _strings(clip_ids, "clip_ids", name)
     if class_names is None:
-        class_names = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
+        values, labels = np.unique(labels, return_inverse=True)
+        class_names = [str(v) for v in values]
+    class_names = tuple(_strings(class_names, "class_names", name).tolist())
     folds = None if folds is None else np.asarray(folds, dtype=np.int8)
-    return Pairs(audio, visual, labels, clip_ids, tuple(str(c) for c in class_names), name, folds)
+    return Pairs(audio, visual, labels.astype(np.int64), clip_ids, class_names, name, folds)
+
+
+def _strings(x, what: str, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1 and x.size == 0:
+        return x.astype(str)
+    if x.ndim != 1 or x.dtype.kind not in "iuUS" or x.dtype.hasobject:
+        raise DataError(f"{name}: '{what}' must be a 1-D array of strings or integers; got "
+                        f"dtype {x.dtype}, shape {x.shape}")
+    return x.astype(str)
 
 
 def _matrix(x, what: str, name: str) -> np.ndarray:
@@ -72,8 +86,11 @@ def _matrix(x, what: str, name: str) -> np.ndarray:
         raise DataError(f"{name}: '{what}' is ragged or not numeric (dtype object)")
     if x.ndim != 2:
         raise DataError(f"{name}: '{what}' must be a 2-D matrix (N, D); got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"{name}: '{what}' must be numeric; got dtype {x.dtype}")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{name}: '{what}' must be real numbers; got dtype {x.dtype}")
+    if x.shape[1] == 0:
+        raise DataError(f"{name}: '{what}' has no features (shape {x.shape}); each row needs "
+                        "at least one")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -82,13 +99,20 @@ def _labels(labels, name: str) -> np.ndarray:
     if labels.ndim != 1:
         raise DataError(f"{name}: 'labels' must be 1-D (N,); got shape {labels.shape}")
     if labels.dtype.kind == "f":
-        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) | (np.abs(labels) > 2**53)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{name}: 'labels' must be integers; row {i} is {labels[i].item()!r}")
     elif labels.dtype.kind not in "iub":
         raise DataError(f"{name}: 'labels' must be integers; got dtype {labels.dtype}")
-    return labels.astype(np.int64)
+    elif labels.dtype == np.uint64 and len(labels) and labels.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(labels))
+        raise DataError(f"{name}: 'labels' row {i} is {labels[i]}, above the int64 range")
+    labels = labels.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise DataError(f"{name}: 'labels' must be >= 0; row {i} is {labels[i]}")
+    return labels
 
 
 def validate(p: Pairs) -> None:

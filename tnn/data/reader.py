@@ -21,13 +21,20 @@ import numpy as np
 from tnn.data import shards, storage
 from tnn.data.batches import tensor_columns
 from tnn.data.pairs import Pairs, make_pairs
-from tnn.errors import ConfigError
+from tnn.errors import ConfigError, DataError
 
 
 def read_pairs(uri: str, settings=None) -> Pairs:
-    """Load a whole shard set into `Pairs` (with `folds`), checking it shard by shard."""
+    """Load a whole shard set into `Pairs` (with `folds`), checking it shard by shard.
+
+    Sizes come from what is there: every shard's footer (schema, row count) is checked
+    against the manifest, and the memory the set needs against what the machine has, before
+    anything is allocated."""
     man = shards.read_manifest(uri, settings)
     fs, root = storage.filesystem(uri, settings)
+    with ThreadPoolExecutor(max_workers=min(8, len(man.shards))) as pool:
+        list(pool.map(lambda s: _footer(fs, root, uri, man, s), man.shards))
+    check_memory(man, uri)
     bounds = np.cumsum([0] + [rows for _, rows in man.shards])
     out = {"audio": np.empty((man.rows, man.audio_dim), np.float32),
            "visual": np.empty((man.rows, man.visual_dim), np.float32),
@@ -53,6 +60,33 @@ def read_pairs(uri: str, settings=None) -> Pairs:
     shards.check_unique(ids, [name for name, _ in man.shards], uri)
     return make_pairs(out["audio"], out["visual"], out["label"], np.concatenate(ids),
                       man.class_names, name=uri, folds=out["fold"])
+
+
+def _footer(fs, root: str, uri: str, man: shards.Manifest, shard: tuple[str, int]) -> None:
+    where = storage.join(uri, shard[0])
+    shards.check_file(shards.open_shard(fs, f"{root}/{shard[0]}", where), man, where, shard[1])
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still allocate (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(man: shards.Manifest, uri: str) -> None:
+    """Refuse a set whose arrays need more memory than the machine has available."""
+    need = man.rows * (4 * (man.audio_dim + man.visual_dim) + 5)
+    have = available_memory()
+    if have is not None and need > have:
+        raise DataError(f"{uri}: {man.rows} rows of {man.audio_dim} + {man.visual_dim} floats "
+                        f"need {need / 2**30:.1f} GiB; {have / 2**30:.1f} GiB are available "
+                        "(read it through Ray Data instead: tnn.ray.dataset)")
 
 
 def fold_filter(man: shards.Manifest, folds=None, exclude_folds=None) -> frozenset | None:

@@ -9,7 +9,10 @@ Columns: `clip_id` string (unique over the set), `label` int32 in 0..C-1, `audio
 `visual` fixed_size_list<float32>[Da] / [Dv], `fold` int8 in 0..K-1 (class-balanced, fixed
 at write time). The manifest holds the schema version, widths, class names, the shard files
 with their row counts, the fold count and seed and the source. Readers take the file list
-from the manifest, never from a listing, so stray or half-written files are never read.
+from the manifest, never from a listing, so stray or half-written files are never read. Nothing
+in a manifest is taken on trust: shard names must stay inside the set (`tnn.data.paths`),
+widths and counts are bounded integers, and readers compare every count with the Parquet
+footers before they allocate (`tnn.data.reader.read_pairs`).
 
 This module holds the format (schema, manifest, numpy <-> Arrow) and `validate`;
 `tnn.data.shard_writer.ShardWriter` writes sets, `tnn.data.reader` reads them without Ray
@@ -25,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tnn.data import storage
+from tnn.data import paths, storage
 from tnn.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -70,13 +73,18 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "Manifest":
+        """Parse and check a manifest: every field of the right type and range, shard names
+        that stay inside the set (`tnn.data.paths`), counts that agree (`DataError`)."""
         try:
             d = json.loads(text)
             version = d["schema_version"]
-            man = cls(int(d["audio_dim"]), int(d["visual_dim"]), tuple(d["class_names"]),
-                      tuple((s["file"], int(s["rows"])) for s in d["shards"]),
-                      int(d["folds"]), int(d["fold_seed"]), d.get("source", ""), version)
-        except (ValueError, KeyError, TypeError) as err:
+            man = cls(_int(d, "audio_dim", 1, MAX_WIDTH), _int(d, "visual_dim", 1, MAX_WIDTH),
+                      tuple(_names(d["class_names"])), tuple(_shards(d["shards"], where)),
+                      _int(d, "folds", 1, 2**7 - 1), _int(d, "fold_seed", -2**63, 2**64 - 1),
+                      str(d.get("source", "")), version)
+        except DataError:  # a shard name outside the set: its own line
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise DataError(f"{where}: not a valid manifest "
                             f"({type(err).__name__}: {err})") from None
         if version != SCHEMA_VERSION:
@@ -85,6 +93,37 @@ class Manifest:
         if (d.get("rows"), d.get("num_classes")) != (man.rows, man.num_classes):
             raise DataError(f"{where}: inconsistent manifest (rows or class counts disagree)")
         return man
+
+
+MAX_WIDTH = 2**20  # floats per vector: far above any feature, far below an allocation bomb
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def _int(d: dict, key: str, lo: int, hi: int) -> int:
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{key} must be an integer in {lo}..{hi}; got {value!r}")
+    return value
+
+
+def _names(names) -> list[str]:
+    if not isinstance(names, list) or not names or \
+            not all(isinstance(n, str) for n in names):
+        raise ValueError("class_names must be a non-empty list of strings")
+    return names
+
+
+def _shards(entries, where: str) -> list[tuple[str, int]]:
+    """(file, rows) of each listed shard; names checked to stay inside the set."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("shards must be a non-empty list")
+    out = [(paths.check_name(s["file"], where, "shard file"), _int(s, "rows", 0, 2**62))
+           for s in entries]
+    names = [f for f, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"shard file {next(n for n in names if names.count(n) > 1)!r} "
+                         "is listed twice")
+    return out
 
 
 def _types(audio_dim: int, visual_dim: int) -> list:
@@ -129,13 +168,23 @@ def read_manifest(uri: str, settings=None) -> Manifest:
     where = storage.join(uri, MANIFEST)
     try:
         with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
-            text = f.read().decode()
+            parts, size = [], 0
+            while size <= MAX_MANIFEST_BYTES and (part := f.read(1 << 20)):
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts)
     except (FileNotFoundError, OSError) as err:
         if isinstance(err, FileNotFoundError) or "does not exist" in str(err).lower() \
                 or "not found" in str(err).lower():
             raise DataError(f"{uri}: no {MANIFEST}: not a shard data set, or its writing "
                             "did not finish (the manifest is written last)") from None
         raise DataError(f"{where}: cannot read ({err})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise DataError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return Manifest.from_json(text, where)
 
 

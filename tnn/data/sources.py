@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tnn.data.npy import read_npz
 from tnn.data.pairs import Pairs, make_pairs
-from tnn.errors import DataError
+from tnn.errors import DataError, TnnError
 
 UCI_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 
@@ -37,20 +38,15 @@ def uci_mfeat(audio_view: str = "fou", visual_view: str = "pix") -> Pairs:
 
 
 def from_npz(path: str | Path) -> Pairs:
-    """Load `audio`, `visual`, `labels` (and optional `clip_ids`, `class_names`) from an npz."""
+    """Load `audio`, `visual`, `labels` (and optional `clip_ids`, `class_names`) from an npz:
+    `tnn.data.npy.read_npz` (no pickles, headers checked against the file's size)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"npz file not found: {path}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as err:  # zipfile / pickle errors carry no file name
-        raise DataError(f"{path}: not a readable npz file ({err})") from None
-    missing = [k for k in ("audio", "visual", "labels") if k not in z.files]
+    z, found = read_npz(path, ("audio", "visual", "labels", "clip_ids", "class_names"))
+    missing = [k for k in ("audio", "visual", "labels") if k not in z]
     if missing:
-        raise DataError(f"{path}: missing key(s) {missing}; found {sorted(z.files)}")
-    get = lambda k: z[k] if k in z.files else None  # noqa: E731
-    return make_pairs(z["audio"], z["visual"], z["labels"], get("clip_ids"),
-                      get("class_names"), str(path))
+        raise DataError(f"{path}: missing key(s) {missing}; found {found}")
+    return make_pairs(z["audio"], z["visual"], z["labels"], z.get("clip_ids"),
+                      z.get("class_names"), str(path))
 
 
 def load_source(spec: str) -> Pairs:
@@ -71,12 +67,21 @@ def load_source(spec: str) -> Pairs:
     if kind == "vegas":
         from tnn.data.vegas import from_clip_dir
         return from_clip_dir(arg)
+    if kind == "ave":  # the AVE release's HDF5 files, tnn.data.ave
+        from tnn.data.ave import from_ave; return from_ave(arg)  # noqa: E702
     if kind == "synthetic":
         from tnn.data.synthetic import parse_spec, synthetic
         return synthetic(**parse_spec(arg))
     if is_shard_uri(spec):
-        from tnn.data.reader import read_pairs  # pyarrow (lazily), only for shard sets
-        return read_pairs(spec)
+        from pyarrow import ArrowException  # pyarrow (lazily), only for shard sets
+
+        from tnn.data.reader import read_pairs
+        try:
+            return read_pairs(spec)
+        except TnnError:
+            raise
+        except (OSError, ValueError, ArrowException) as err:  # a corrupt page names no file
+            raise DataError(f"{spec}: cannot read the shard set ({err})") from None
     raise DataError(f"unknown data source {spec!r}: expected uci-mfeat[:A,B], npz:PATH, "
                     "vegas:DIR, synthetic:N or a shard URI (s3://... or a directory)")
 

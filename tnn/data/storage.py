@@ -5,14 +5,19 @@ and the boto3 client (single-PUT atomic writes) always talk to the same store as
 
 Resolution, first match wins:
     endpoint_url  field > AWS_ENDPOINT_URL_S3 > AWS_ENDPOINT_URL > the AWS default
-    region        field > AWS_REGION > AWS_DEFAULT_REGION > the profile's region > us-east-1
+    region        field > AWS_REGION > AWS_DEFAULT_REGION > the profile's region > the
+                  bucket's own region (`bucket_region`: the `x-amz-bucket-region` header of a
+                  HeadBucket, else `pyarrow.fs.resolve_s3_region` on AWS; asked once per
+                  endpoint and bucket, then cached) > us-east-1
     profile       field > AWS_PROFILE
     retries       field > AWS_MAX_ATTEMPTS > 10 attempts per request with exponential backoff
                   (pyarrow; boto3, whose backoff is jittered, gets twice as many): a ~10 s
                   outage of the store is ridden out, longer ones fail after the budget
     credentials   never held here: the standard chain (AWS_ACCESS_KEY_ID/..., shared files,
-                  instance metadata); for an explicitly named profile they are resolved once
-                  through boto3 and handed to pyarrow, which has no profile argument.
+                  instance metadata); for an explicitly named profile they are resolved
+                  through boto3 and handed to pyarrow, which has no profile argument. A
+                  pickled filesystem (what Ray ships to workers) holds the settings and the
+                  region, never keys: the worker resolves the profile's credentials itself.
 `repr` and `describe` show no credentials (and strip any user:password from the endpoint).
 pyarrow and boto3 are imported inside the functions that need them, so importing this module
 stays cheap and framework-free.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -108,54 +114,110 @@ def _session(settings: StorageSettings):
     return boto3.Session(profile_name=settings.profile) if settings.profile else boto3.Session()
 
 
-def _region(settings: StorageSettings, session=None) -> str:
-    return settings.region or (session.region_name if session else None) or DEFAULT_REGION
+_REGIONS: dict[tuple[str | None, str], str] = {}  # (endpoint, bucket) -> the bucket's region
+_REGIONS_LOCK = threading.Lock()
 
 
-def s3_client(settings: StorageSettings | None = None):
-    """A boto3 S3 client built from `settings` (default: the environment)."""
+def configured_region(settings: StorageSettings, session=None) -> str | None:
+    """The region set in the settings (field, AWS_REGION, ...) or by the profile, else None."""
+    return settings.region or (session.region_name if session else None)
+
+
+def bucket_region(bucket: str, settings: StorageSettings | None = None) -> str:
+    """The region to talk to `bucket` in: a configured one wins; else the bucket's own,
+    asked once per (endpoint, bucket) and cached; us-east-1 when the store does not say."""
+    settings = settings or StorageSettings.from_env()
+    configured = configured_region(settings, _session(settings))
+    if configured:
+        return configured
+    key = (settings.endpoint_url, bucket)
+    with _REGIONS_LOCK:
+        if key not in _REGIONS:
+            found = _ask_region(bucket, settings)
+            if found is None:  # unreachable: not cached, the request itself will say why
+                return DEFAULT_REGION
+            _REGIONS[key] = found
+        return _REGIONS[key]
+
+
+def _ask_region(bucket: str, settings: StorageSettings) -> str | None:
+    """HeadBucket's `x-amz-bucket-region` (sent with 200, 301 and 403 alike); on AWS without
+    it, `pyarrow.fs.resolve_s3_region`; None when neither answers."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    client = _client(settings, DEFAULT_REGION, attempts=2)
+    try:
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except ClientError as err:
+        headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    except BotoCoreError:
+        headers = {}
+    if headers.get("x-amz-bucket-region"):
+        return headers["x-amz-bucket-region"]
+    if settings.endpoint_url is None:
+        from pyarrow import fs
+        try:
+            return fs.resolve_s3_region(bucket)
+        except OSError:
+            return None
+    return None
+
+
+def _client(settings: StorageSettings, region: str, attempts: int | None = None):
     from botocore import UNSIGNED
     from botocore.config import Config
-    settings = settings or StorageSettings.from_env()
-    session = _session(settings)
     # boto3 waits random() * 2**n s between attempts (full jitter, at most 20 s), pyarrow 25 ms *
     # 2**n: with the same count boto3 sometimes gave up within 10 s, so it gets twice the count
-    config = Config(retries={"total_max_attempts": 2 * settings.max_attempts, "mode": "standard"},
+    config = Config(retries={"total_max_attempts": attempts or 2 * settings.max_attempts,
+                             "mode": "standard"},
                     connect_timeout=settings.connect_timeout,
                     **({"signature_version": UNSIGNED} if settings.anonymous else {}))
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=config,
-                          region_name=_region(settings, session))
+    return _session(settings).client("s3", endpoint_url=settings.endpoint_url, config=config,
+                                     region_name=region)
 
 
-def s3_filesystem(settings: StorageSettings | None = None):
-    """A `pyarrow.fs.S3FileSystem` built from `settings` (default: the environment)."""
+def s3_client(settings: StorageSettings | None = None, bucket: str | None = None):
+    """A boto3 S3 client built from `settings` (default: the environment), in `bucket`'s
+    region when given and no region is configured (`bucket_region`)."""
     settings = settings or StorageSettings.from_env()
-    kwargs: dict = {"anonymous": settings.anonymous, "connect_timeout": settings.connect_timeout}
-    session = _session(settings) if settings.profile else None
-    kwargs["region"] = _region(settings, session)
+    region = bucket_region(bucket, settings) if bucket else \
+        configured_region(settings, _session(settings)) or DEFAULT_REGION
+    return _client(settings, region)
+
+
+def s3_filesystem(settings: StorageSettings | None = None, bucket: str | None = None):
+    """A `pyarrow.fs.S3FileSystem` built from `settings` (default: the environment), in
+    `bucket`'s region when given and no region is configured (`bucket_region`)."""
+    settings = settings or StorageSettings.from_env()
+    region = bucket_region(bucket, settings) if bucket else \
+        configured_region(settings, _session(settings)) or DEFAULT_REGION
+    return _s3(settings, region)
+
+
+def _s3(settings: StorageSettings, region: str):
+    """`S3FileSystem(retry_strategy=AwsStandardS3RetryStrategy(attempts), ...)` that pickles
+    as (settings without secrets, region) and is rebuilt from them where it is unpickled:
+    pyarrow's own pickle drops `retry_strategy` (a copy sent to Ray Train's workers retried 3
+    times) and would carry the keys of a named profile to every worker."""
+    from pyarrow import fs
+    kwargs: dict = {"anonymous": settings.anonymous, "connect_timeout": settings.connect_timeout,
+                    "region": region}
     if settings.endpoint_url:
         parts = urlsplit(settings.endpoint_url)
         kwargs.update(scheme=parts.scheme, endpoint_override=parts.netloc.rpartition("@")[2])
-    if session is not None and not settings.anonymous:
-        creds = session.get_credentials()
+    if settings.profile and not settings.anonymous:
+        creds = _session(settings).get_credentials()
         if creds is not None:
             frozen = creds.get_frozen_credentials()
             kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
                           session_token=frozen.token)
-    return _s3(settings.max_attempts, kwargs)
-
-
-def _s3(attempts: int, kwargs: dict):
-    """`S3FileSystem(retry_strategy=AwsStandardS3RetryStrategy(attempts), **kwargs)` that keeps
-    its retry budget when pickled (pyarrow's own pickle drops `retry_strategy`, so a copy sent
-    to Ray Train's controller and workers, which upload the checkpoints, retried 3 times)."""
-    from pyarrow import fs
+    shipped = dataclasses.replace(settings, endpoint_url=_redact(settings.endpoint_url))
 
     class S3FileSystem(fs.S3FileSystem):
         def __reduce__(self):
-            return _s3, (attempts, kwargs)
+            return _s3, (shipped, region)
 
-    return S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(attempts), **kwargs)
+    return S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(settings.max_attempts),
+                        **kwargs)
 
 
 def filesystem(uri: str, settings: StorageSettings | None = None):
@@ -164,7 +226,7 @@ def filesystem(uri: str, settings: StorageSettings | None = None):
     uri = str(uri)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_filesystem(settings), f"{bucket}/{key}".rstrip("/")
+        return s3_filesystem(settings, bucket), f"{bucket}/{key}".rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     if "://" in uri:
@@ -190,7 +252,7 @@ def publish(tmp: str, uri: str, client=None) -> None:
         return
     from botocore.exceptions import BotoCoreError, ClientError
     bucket, key = split_s3(uri)
-    client = client or s3_client()
+    client = client or s3_client(bucket=bucket)
     try:
         with open(tmp, "rb") as f:
             client.put_object(Bucket=bucket, Key=key, Body=f)

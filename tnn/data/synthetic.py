@@ -17,6 +17,7 @@ streaming iterator and the in-memory call give bit-identical data whatever the c
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ from tnn.errors import ConfigError
 from tnn.data.pairs import Pairs, make_pairs
 
 BLOCK = 4096
+MAX_ROWS = 10**9  # rows are streamed, but their labels are held for the fold assignment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,22 +46,50 @@ class SyntheticSpec:
         if self.n < 1 or self.classes < 2 or self.modes < 2 or self.modes % 2:
             raise ConfigError(f"synthetic: need n >= 1, classes >= 2 and an even modes >= 2; "
                               f"got n={self.n}, classes={self.classes}, modes={self.modes}")
+        sizes = {"seed": self.seed, "audio_dim": self.audio_dim, "visual_dim": self.visual_dim,
+                 "latent": self.latent, "hidden": self.hidden}
+        low = [f"{k}={v}" for k, v in sizes.items() if v < (0 if k == "seed" else 1)]
+        if low or self.noise < 0 or self.spread < 0:
+            got = ", ".join(low) or f"noise={self.noise}, spread={self.spread}"
+            raise ConfigError(f"synthetic: need seed >= 0, widths >= 1, noise and spread >= 0; "
+                              f"got {got}")
+        limits = {"n": (self.n, MAX_ROWS), "classes": (self.classes, 10_000),
+                  "modes": (self.modes, 64), "latent": (self.latent, 1024),
+                  "hidden": (self.hidden, 4096), "audio_dim": (self.audio_dim, 65536),
+                  "visual_dim": (self.visual_dim, 65536),
+                  "hidden x width": (self.hidden * max(self.audio_dim, self.visual_dim), 2**26)}
+        over = [f"{k}={v} (at most {top})" for k, (v, top) in limits.items() if v > top]
+        if over:
+            raise ConfigError(f"synthetic: {', '.join(over)}")
 
 
 def parse_spec(arg: str) -> dict:
-    """`'20000'` or `'n=20000,seed=1,noise=0.3'` -> keyword arguments of `SyntheticSpec`."""
+    """`'20000'` or `'n=20000,seed=1,noise=0.3'` -> keyword arguments of `SyntheticSpec`;
+    `ConfigError` naming the option and value that is not a number of the right kind."""
     if not arg:
         return {}
     if "=" not in arg:
-        return {"n": int(arg)}
+        return {"n": _number(arg, int, "n", arg)}
     fields = {f.name: f.type for f in dataclasses.fields(SyntheticSpec)}
     out = {}
     for item in arg.split(","):
         key, _, value = item.partition("=")
+        key = key.strip()
         if key not in fields:
             raise ConfigError(f"synthetic: unknown option {key!r}; known: {', '.join(fields)}")
-        out[key] = float(value) if fields[key] == "float" else int(value)
+        out[key] = _number(value, float if fields[key] == "float" else int, key, arg)
     return out
+
+
+def _number(text: str, kind, key: str, arg: str):
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise ConfigError(f"synthetic:{arg}: {key}={text.strip()!r} is not "
+                          f"{'a number' if kind is float else 'an integer'}") from None
+    if kind is float and not np.isfinite(value):
+        raise ConfigError(f"synthetic:{arg}: {key}={value} is not finite")
+    return value
 
 
 def _params(spec: SyntheticSpec) -> dict[str, np.ndarray]:
@@ -114,6 +144,15 @@ def synthetic_labels(**kwargs) -> np.ndarray:
 
 
 def synthetic(**kwargs) -> Pairs:
-    """The whole synthetic data set in memory (see the module docstring for the model)."""
+    """The whole synthetic data set in memory (see the module docstring for the model); a set
+    larger than this machine's memory is refused (`jobs.make_shards` streams any size)."""
+    spec = SyntheticSpec(**kwargs)
+    need = spec.n * (spec.audio_dim + spec.visual_dim) * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") \
+        else need
+    if need > memory:
+        raise ConfigError(f"synthetic: n={spec.n} needs {need / 2**30:.0f} GiB in memory, more "
+                          f"than this machine's {memory / 2**30:.0f} GiB; write it as shards "
+                          "(jobs.make_shards streams it) and read those")
     chunks = list(iter_synthetic(chunk_rows=10**9, **kwargs))
     return chunks[0]

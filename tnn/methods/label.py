@@ -14,13 +14,17 @@ cluster-KCCA's posterior; every choice made on a validation split of the trainin
    stopping on the validation MAP of the posterior readout at scale s, through
    `tnn.methods.loop.fit_epochs` (best epoch restored).
 2. Readout (`tnn.methods.readout`): each item is embedded as its class posterior, padded so
-   that cos(e_a, e_v) = p_a . p_v; p = w p_deep + (1 - w) p_kernel, p_deep the softmax over the
-   proxies at scale s * t, p_kernel the softmax over cosines of the cluster-KCCA embedding to
-   the class centroids at scale t'. t (`temps`), t' (`kernel_scales`) and w (`mix_grid`) are
-   the argmax of validation MAP; with `fallback`, plain cluster-KCCA is returned instead when
-   its validation MAP is higher than the mixture's.
-3. Once chosen, the kernel part (if w < 1, or the fallback) is refitted on the whole training
-   data; the network keeps its fit-part training.
+   that cos(e_a, e_v) = p_a . p_v; p = sum_i w_i p_i over the `components`:
+   - deep:   softmax over the proxies at scale s * t (`DeepProbs`);
+   - kernel: softmax over cosines of the cluster-KCCA embedding to the class centroids at
+     scale t' (`KernelProbs`);
+   - krr:    softmax(t'' * s(x)) of a per-view RBF kernel ridge classifier onto one-hot labels
+     (`tnn.methods.krr`; its bandwidth, ridge and t'' picked on validation).
+   t (`temps`), t' (`kernel_scales`) and the weights w (every tuple of `mix_grid` levels, one
+   per component, summing to 1) are the argmax of validation MAP; with `fallback`, plain
+   cluster-KCCA is returned instead when its validation MAP is higher than the mixture's.
+3. Once chosen, the closed-form parts with w > 0 (kernel, krr; and the fallback) are refitted
+   on the whole training data at the chosen settings; the network keeps its fit-part training.
 
 The validation split (`val_fraction`, class-balanced, seed `seed`) is carved from the training
 data given to `fit_label`; the test fold is never seen. Measurements: docs (issue #15 notes).
@@ -38,19 +42,21 @@ from torch import nn
 
 from tnn.core.encoder import Encoder
 from tnn.core.folds import validation_split
-from tnn.core.losses import combined_loss
+from tnn.core import losses
 from tnn.core.model import BranchConfig, TwoBranchNet
 from tnn.data.pairs import Pairs
 from tnn.errors import ConfigError
 from tnn.methods.kcca import KCCAConfig, fit_kcca
+from tnn.methods.krr import KRRConfig, krr_probs, pick_krr
 from tnn.methods.linear import CCAConfig, input_maps
 from tnn.methods.loop import fit_epochs, new_state, restore_best
 from tnn.methods.readout import (DeepProbs, MixPad, kernel_probs, map_of, pad_posterior,
-                                 path_embed, pick_mix, pick_scale, probs_of)
+                                 path_embed, pick_scale, pick_weights, probs_of, weight_grid)
 from tnn.methods.tnn import check_finite, e2e_dim
 
 Log = Callable[[str], None]
 LR_SCHEDULES = ("cosine", "constant")
+COMPONENTS = ("deep", "kernel", "krr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +84,13 @@ class LabelConfig:
     kernel_scales: tuple[float, ...] = (5.0, 10.0, 20.0)
     """Inverse temperatures of the cluster-KCCA centroid posterior tried on validation."""
     mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    """Weights w of the network's posterior (1 - w: the kernel one) tried on validation."""
+    """Weight levels: every tuple of levels (0 always allowed), one per component, that sums
+    to 1 is tried on validation (readout.weight_grid)."""
+    components: tuple[str, ...] = COMPONENTS
+    """The posteriors mixed, of deep (the network), kernel (cluster-KCCA centroids) and krr
+    (kernel ridge classifier), in this order."""
+    krr: KRRConfig = dataclasses.field(default_factory=KRRConfig)
+    """The kernel ridge classifier's grids (bandwidth scale, ridge, scale)."""
     fallback: bool = True
     """Return plain cluster-KCCA when it scores higher on validation than the mixture."""
     val_fraction: float = 0.15
@@ -103,6 +115,13 @@ class LabelConfig:
                                   f"(mix_grid: >= 0), got {grid!r}")
         if max(self.mix_grid) > 1:
             raise ConfigError(f"tnn_label.mix_grid weights must lie in [0, 1], got {self.mix_grid!r}")
+        if not self.components or len(set(self.components)) < len(self.components) \
+                or not set(self.components) <= set(COMPONENTS):
+            raise ConfigError(f"tnn_label.components must be distinct names of {COMPONENTS}, "
+                              f"got {self.components!r}")
+        if not weight_grid(self.mix_grid, len(self.components)):
+            raise ConfigError(f"tnn_label.mix_grid {self.mix_grid!r}: no tuple of levels, one per "
+                              f"component of {self.components!r}, sums to 1")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"tnn_label.val_fraction must lie in (0, 1), got {self.val_fraction!r}")
 
@@ -129,23 +148,20 @@ class ProxyNet(nn.Module):
 
 
 def proxy_logits(emb: torch.Tensor, proxies: torch.Tensor, scale: float) -> torch.Tensor:
-    """(B, k) unit rows x (C, k) proxies -> (B, C) logits s * cos(z, P_c)."""
-    return scale * emb @ F.normalize(proxies, dim=1).T
+    """(B, k) unit rows x (C, k) proxies -> (B, C) logits s * cos(z, P_c)
+    (`tnn.core.losses.proxy_logits`)."""
+    return losses.proxy_logits(emb, proxies, scale)
 
 
 def batch_loss(net: ProxyNet, xa: torch.Tensor, xv: torch.Tensor, labels: torch.Tensor,
                cfg: LabelConfig) -> torch.Tensor:
-    """L = w_proxy * (CE_a + CE_v) / 2 + w_triplet * T (module docstring)."""
+    """L = w_proxy * (CE_a + CE_v) / 2 + w_triplet * T (module docstring): the framework-free
+    `tnn.core.losses.proxy_loss`, whose global-batch form under DDP is
+    `tnn.train.proxy.global_proxy_loss`."""
     out = net(xa, xv)
-    ce = 0.5 * sum(F.cross_entropy(proxy_logits(out[k], net.proxies, cfg.scale), labels)
-                   for k in ("audio_emb", "visual_emb"))
-    total = cfg.w_proxy * ce
-    if cfg.w_triplet:
-        trip = combined_loss(out["audio_emb"], out["visual_emb"], labels,
-                             directions=("a2v", "v2a"), margin=cfg.margin, distance="cosine",
-                             miner="batch_all", reduction="mean_positive")["triplet"]
-        total = total + cfg.w_triplet * trip
-    return total
+    return losses.proxy_loss(out["audio_emb"], out["visual_emb"], labels, net.proxies, cfg.scale,
+                             w_proxy=cfg.w_proxy, w_triplet=cfg.w_triplet,
+                             margin=cfg.margin)["total"]
 
 
 @torch.no_grad()
@@ -218,24 +234,50 @@ def deep_probs(fit: Pairs, val: Pairs, cfg: LabelConfig, log: Log) -> tuple[Deep
     return da, dv
 
 
+def val_parts(fit: Pairs, val: Pairs, cfg: LabelConfig, log: Log) -> dict:
+    """Each component fitted on `fit`, its scale picked on `val`: {name: (audio, visual
+    posterior modules, setting to refit with)}."""
+    parts = {}
+    if "deep" in cfg.components:
+        parts["deep"] = (*deep_probs(fit, val, cfg, log), None)
+    if "kernel" in cfg.components or cfg.fallback:
+        ka, kv = kernel_probs(fit, cfg.kcca, cfg.cca, log)
+        parts["kernel"] = (ka, kv, pick_scale(ka, kv, cfg.kernel_scales, val, "kernel", log))
+    if "krr" in cfg.components:
+        setting, ra, rv = pick_krr(fit, val, cfg.krr, log)
+        parts["krr"] = (ra, rv, setting)
+    return parts
+
+
+def refit(name: str, part: tuple, train: Pairs, cfg: LabelConfig, log: Log) -> tuple:
+    """A chosen component for the final encoder: the network as trained on the fit part; the
+    closed-form ones refitted on the whole training data at their picked settings."""
+    a, v, setting = part
+    if name == "kernel":
+        a, v = kernel_probs(train, cfg.kcca, cfg.cca, log)
+        a.scale = v.scale = setting
+    elif name == "krr":
+        a, v = krr_probs(train, cfg.krr, *setting)
+    return a, v
+
+
 def fit_label(train: Pairs, cfg: LabelConfig, log: Log = print) -> Encoder:
     """tnn-label on `train` (module docstring): the posterior-mixture encoder, or plain
     cluster-KCCA refitted on `train` when that wins on the validation split."""
     fit_idx, val_idx = validation_split(train.labels, cfg.val_fraction, cfg.seed)
     fit, val = train.subset(fit_idx), train.subset(val_idx)
-    da, dv = deep_probs(fit, val, cfg, log)
-    ka, kv = kernel_probs(fit, cfg.kcca, cfg.cca, log)
-    k_scale = pick_scale(ka, kv, cfg.kernel_scales, val, "kernel", log)
-    w, mixed = pick_mix((probs_of(da, val.audio), probs_of(dv, val.visual)),
-                        (probs_of(ka, val.audio), probs_of(kv, val.visual)),
-                        val.labels, cfg.mix_grid, log)
+    parts = val_parts(fit, val, cfg, log)
+    probs = [(probs_of(parts[c][0], val.audio), probs_of(parts[c][1], val.visual))
+             for c in cfg.components]
+    weights, mixed = pick_weights(probs, val.labels, cfg.mix_grid, cfg.components, log)
     if cfg.fallback:
+        ka, kv, _ = parts["kernel"]
         plain = map_of(path_embed(ka.path, val.audio), path_embed(kv.path, val.visual), val.labels)
         log(f"  plain cluster-KCCA val MAP {plain:.4f}")
         if plain > mixed:
             return fit_kcca(train, cfg.kcca, cfg.cca, cfg.cca.beta, log)
-    if w < 1:
-        ka, kv = kernel_probs(train, cfg.kcca, cfg.cca, log)  # refit on the whole training data
-        ka.scale = kv.scale = k_scale
-    return Encoder(MixPad([da, ka], [w, 1 - w], 0), MixPad([dv, kv], [w, 1 - w], 1), None,
-                   train.audio.shape[1], train.visual.shape[1])
+    chosen = [(refit(c, parts[c], train, cfg, log), w)
+              for c, w in zip(cfg.components, weights) if w > 0]
+    ws = [w for _, w in chosen]
+    return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0), MixPad([m[1] for m, _ in chosen], ws, 1),
+                   None, train.audio.shape[1], train.visual.shape[1])

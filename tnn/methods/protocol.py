@@ -15,11 +15,12 @@ import time
 import numpy as np
 
 from tnn import methods as registry
+from tnn.config import flatten
 from tnn.core.folds import assign_folds, check_trainable, split
 from tnn.core.metrics import cross_modal_scores
 from tnn.data.pairs import Pairs
 from tnn.data.sources import load_source
-from tnn.errors import ConfigError
+from tnn.errors import ConfigError, DataError, TnnError
 from tnn.methods.linear import cca_dim
 
 DEFAULT_METHODS = tuple(registry.METHODS)
@@ -41,6 +42,32 @@ class CrossvalConfig:
     json: str | None = None
     settings: registry.MethodsConfig = dataclasses.field(default_factory=registry.MethodsConfig)
 
+    def __post_init__(self) -> None:
+        if not self.data.strip():
+            raise ConfigError("data: empty; give a data source such as uci-mfeat or npz:PATH")
+        if not self.methods:
+            raise ConfigError(f"methods: empty; choose from {', '.join(registry.METHODS)}")
+        if not 2 <= self.folds <= 127:
+            raise ConfigError(f"folds={self.folds}: must be in 2..127")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed}: must be >= 0 (the fold assignment seed)")
+        if self.json is not None and not self.json.strip():
+            raise ConfigError("json: empty; give a file name or s3://bucket/key (or leave it out)")
+
+
+MAX_WIDTH = 16384  # a layer of MAX_WIDTH^2 float32 weights is 1 GiB
+SIZES = {"dim": MAX_WIDTH, "hidden": MAX_WIDTH, "ensemble": 100}
+
+
+def check_sizes(cfg: CrossvalConfig) -> None:
+    """Refuse, before the data is read, a width that would allocate without bound: a common
+    space (`dim`) or hidden layer above MAX_WIDTH, an ensemble above 100 members."""
+    for key, value in flatten(cfg.settings, "settings.").items():
+        top = SIZES.get(key.rsplit(".", 1)[-1])
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if top and any(isinstance(v, int) and v > top for v in values):
+            raise ConfigError(f"{key}={value}: above {top}, the largest this job builds")
+
 
 def check_dims(cfg: CrossvalConfig, pairs: Pairs) -> None:
     """Refuse, before anything is fitted, a CCA dimension that no linear (cluster-)CCA has:
@@ -50,6 +77,9 @@ def check_dims(cfg: CrossvalConfig, pairs: Pairs) -> None:
         cca = cfg.settings.cca if key == "cca" else cfg.settings.tnn_c_cca.cca
         if name not in cfg.methods or cca.dim is None:
             continue
+        if isinstance(cca.dim, bool) or cca.dim < 1:
+            raise ConfigError(f"settings.{key}.dim={cca.dim}: must be an integer >= 1 (or null: "
+                              "the default for the data)")
         limit, why = narrow, f"the narrower view has {narrow} features"
         top = pairs.num_classes - 1
         if name != "cca" and cca.beta == 0 and top < limit:
@@ -63,7 +93,10 @@ def fold_ids(pairs: Pairs, k: int, seed: int) -> np.ndarray:
     """The stored folds of a shard set if it has `k`, else `assign_folds(labels, k, seed)`."""
     if pairs.folds is not None and len(np.unique(pairs.folds)) == k:
         return pairs.folds
-    return assign_folds(pairs.labels, k, seed)
+    try:
+        return assign_folds(pairs.labels, k, seed)
+    except TnnError as err:  # name the data set
+        raise type(err)(f"{pairs.name}: {err}") from None
 
 
 def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
@@ -72,12 +105,15 @@ def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
     fit, rows = registry.get(name), []
     for f in range(cfg.folds):
         train, test = split(folds, f)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         enc = fit(pairs.subset(train), cfg.settings, lambda s: None)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         t = pairs.subset(test)
-        s = cross_modal_scores(enc.embed_audio(t.audio), enc.embed_visual(t.visual), t.labels)
-        rows.append({**s, "fit_seconds": seconds})
+        try:
+            s = cross_modal_scores(enc.embed_audio(t.audio), enc.embed_visual(t.visual), t.labels)
+        except DataError as err:  # e.g. an all-zero embedding: name the method, data and fold
+            raise DataError(f"{name} on {pairs.name}, test fold {f + 1}: {err}") from None
+        rows.append({**s, "fit_seconds": seconds, "fit_cpu_seconds": cpu})
         log(f"  {name:10s} fold {f + 1}/{cfg.folds}: a->v {s['a2v_map']:.4f}  "
             f"v->a {s['v2a_map']:.4f}  ({seconds:.1f} s)", flush=True)
     col = lambda k: [r[k] for r in rows]  # noqa: E731
@@ -85,6 +121,7 @@ def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
             "a2v_map_folds": col("a2v_map"), "v2a_map_folds": col("v2a_map"),
             "mrr1_a2v": float(np.mean(col("mrr1_a2v"))), "mrr1_v2a": float(np.mean(col("mrr1_v2a"))),
             "fit_seconds": float(np.mean(col("fit_seconds"))),
+            "fit_cpu_seconds": float(np.mean(col("fit_cpu_seconds"))),  # process CPU time
             "pr_a2v": {"recall": rows[0]["pr_recall"].tolist(),
                        "precision": np.mean(col("a2v_pr"), 0).tolist()},
             "pr_v2a": {"recall": rows[0]["pr_recall"].tolist(),
@@ -97,10 +134,17 @@ def crossval(cfg: CrossvalConfig, log=print) -> tuple[Pairs, dict]:
     (the data, {method: `evaluate`'s summary}). Refusals (`TnnError`) come before any fit."""
     for name in cfg.methods:
         registry.get(name)
+    check_sizes(cfg)
     pairs = load_source(cfg.data)
     check_trainable(pairs.labels, pairs.clip_ids, pairs.class_names, pairs.name)
     check_dims(cfg, pairs)
     folds = fold_ids(pairs, cfg.folds, cfg.seed)
+    for f in range(cfg.folds):
+        classes = np.unique(pairs.labels[folds == f])
+        if len(classes) < 2:
+            raise ConfigError(f"folds={cfg.folds}: test fold {f + 1} of {pairs.name} holds "
+                              f"{int((folds == f).sum())} clip(s) of {len(classes)} class(es); "
+                              "retrieval needs 2 classes in every test fold: use fewer folds")
     log(f"data {pairs.name}: {pairs.n} clips, audio {pairs.audio.shape[1]}-d, visual "
         f"{pairs.visual.shape[1]}-d, {pairs.num_classes} classes, {cfg.folds} folds", flush=True)
     return pairs, {name: evaluate(name, pairs, folds, cfg, log) for name in cfg.methods}

@@ -9,18 +9,20 @@ so |e| = 1 and, across the sides, cos(e_a, e_v) = e_a . e_v = p_a . p_v = sum_c 
 the probability that the two items share a class when the two views are independent given it
 (`pad_posterior`). Ranking by cosine is ranking by that probability.
 
-Two posteriors are mixed, p = w p_deep + (1 - w) p_kernel (`MixPad`):
+Posteriors are mixed, p = sum_i w_i p_i (`MixPad`), among them:
 - p_deep  = softmax(s * z @ normalize(P).T), z the network's unit embedding, P its class
   proxies, s the inverse temperature (`DeepProbs`);
 - p_kernel = softmax(t * normalize(k(x)) @ normalize(M).T), k(x) the cluster-KCCA embedding and
   M the class centroids of both views' unit embeddings of the training rows (`KernelProbs`).
 
-s, t and w are picked on a validation split (`pick_scale`, `pick_mix`): the value with the
-highest mean of a->v and v->a MAP, the first one on ties.
+(and the kernel ridge classifier's of `tnn.methods.krr`). s, t and the weights w are picked on
+a validation split (`pick_scale`; `pick_weights` over `weight_grid`, or `pick_mix` for two): the
+value with the highest mean of a->v and v->a MAP, the first one on ties.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -74,14 +76,26 @@ class KernelProbs(nn.Module):
 
 class MixPad(nn.Module):
     """x -> pad_posterior(sum_i w_i p_i(x), side): the mixed posterior as a unit row whose
-    cosine with the other side's is P(same class). Components with w_i = 0 are not evaluated."""
+    cosine with the other side's is P(same class). Components with w_i = 0 are dropped here
+    (never evaluated nor saved); the other weights are the buffer `mix` (C,), so the state_dict
+    holds them and an exported program reads them like any other constant."""
 
     def __init__(self, probs: Sequence[nn.Module], weights: Sequence[float], side: int) -> None:
         super().__init__()
-        self.probs, self.weights, self.side = nn.ModuleList(probs), list(weights), side
+        if len(probs) != len(weights) or not any(w > 0 for w in weights):
+            raise ValueError(f"MixPad needs one weight per component and one > 0, got "
+                             f"{len(probs)} components and weights {list(weights)}")
+        keep = [i for i, w in enumerate(weights) if w > 0]
+        self.probs, self.side = nn.ModuleList([probs[i] for i in keep]), side
+        self.register_buffer("mix", torch.tensor([float(weights[i]) for i in keep]))
+
+    @property
+    def weights(self) -> list[float]:
+        """The kept components' weights, as floats."""
+        return self.mix.tolist()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = sum(w * m(x) for m, w in zip(self.probs, self.weights) if w > 0)
+        p = sum(self.mix[i].to(x.dtype) * m(x) for i, m in enumerate(self.probs))
         return pad_posterior(p, self.side)
 
 
@@ -146,4 +160,36 @@ def pick_mix(deep: tuple[np.ndarray, np.ndarray], kernel: tuple[np.ndarray, np.n
                                w * deep[1] + (1 - w) * kernel[1], labels) for w in grid}
     w = max(scores, key=scores.get)
     log("  mix val MAP " + " ".join(f"{k:g}:{v:.4f}" for k, v in scores.items()))
+    return w, scores[w]
+
+
+def weight_grid(levels: Sequence[float], n: int) -> list[tuple[float, ...]]:
+    """The weight tuples tried for n components: with one, (1,); with two, (w, 1 - w) for each
+    w in `levels` (`pick_mix`'s grid); with more, every tuple of levels (0 always allowed) that
+    sums to 1 (to 1e-9), in lexicographic order of the sorted levels."""
+    if n == 1:
+        return [(1.0,)]
+    if n == 2:
+        return [(w, 1 - w) for w in levels]
+    lv = sorted(set(levels) | {0.0})
+    return [w for w in itertools.product(lv, repeat=n) if abs(sum(w) - 1) < 1e-9]
+
+
+def pick_weights(probs: Sequence[tuple[np.ndarray, np.ndarray]], labels: np.ndarray,
+                 levels: Sequence[float], names: Sequence[str], log: Log) -> tuple[tuple, float]:
+    """argmax over `weight_grid(levels, len(probs))` of the validation `posterior_map` of the
+    mixture sum_i w_i p_i (first on ties): (weights, its validation MAP). probs: per component
+    its (audio, visual) posteriors on the validation rows. With two components it is `pick_mix`
+    (same scores, same log line)."""
+    if len(probs) == 2:
+        w, score = pick_mix(probs[0], probs[1], labels, levels, log)
+        return (w, 1 - w), score
+
+    def mixed(w, side):
+        return sum(wi * p[side] for wi, p in zip(w, probs) if wi > 0)
+    scores = {w: posterior_map(mixed(w, 0), mixed(w, 1), labels)
+              for w in weight_grid(levels, len(probs))}
+    w = max(scores, key=scores.get)
+    log(f"  mix val MAP ({'/'.join(names)}) "
+        + " ".join(f"{'/'.join(f'{x:g}' for x in k)}:{v:.4f}" for k, v in scores.items()))
     return w, scores[w]

@@ -12,33 +12,55 @@ data is skipped with a note in `results.md`. `jobs.report` is its command line.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from tnn.data.write import Staged
 from tnn.errors import DataError
 
 DIRECTIONS = (("a2v", "audio -> visual"), ("v2a", "visual -> audio"))
 
 
 def read_results(path: str) -> dict:
-    """A crossval result JSON, checked: a non-empty `methods` mapping with numeric MAPs."""
+    """A crossval result JSON, checked: a non-empty `methods` mapping with finite MAPs, per-fold
+    MAPs (if any) lists of finite numbers, `params` (if any) a mapping; `DataError` naming the
+    file, method and key otherwise (PR data that is not numbers is left out of the plot)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not readable JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 JSON ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{path}: not readable JSON ({str(err)[:200]})") from None
     methods = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(methods, dict) or not methods:
         raise DataError(f"{path}: expected a crossval result with a non-empty 'methods' mapping")
     for name, r in methods.items():
         missing = [k for k in ("a2v_map", "v2a_map")
-                   if not isinstance(r, dict) or not isinstance(r.get(k), (int, float))]
+                   if not isinstance(r, dict) or not _real(r.get(k))]
         if missing:
-            raise DataError(f"{path}: method {name!r} lacks numeric {missing}")
+            raise DataError(f"{path}: method {name!r} lacks finite numeric {missing}")
+        for key in ("a2v_map_folds", "v2a_map_folds"):
+            folds = r.get(key)
+            if folds is not None and not (isinstance(folds, list) and all(map(_real, folds))):
+                raise DataError(f"{path}: method {name!r}: {key!r} must be a list of finite "
+                                "numbers")
+        if not isinstance(r.get("params", {}), (dict, type(None))) or \
+                not isinstance((r.get("params") or {}).get("cca", {}), (dict, type(None))):
+            raise DataError(f"{path}: method {name!r}: 'params' (and 'params.cca') must be "
+                            "mappings")
     data["source"] = path
     return data
+
+
+def _real(x) -> bool:
+    """A finite int or float (JSON's true/false are not numbers here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 def fold_stats(r: dict, key: str) -> tuple[float, float]:
@@ -52,7 +74,7 @@ def fold_stats(r: dict, key: str) -> tuple[float, float]:
 def method_dim(data: dict, r: dict) -> int | None:
     params = r.get("params") or {}
     dim = data.get("dim", params.get("dim", (params.get("cca") or {}).get("dim")))
-    return int(dim) if isinstance(dim, (int, float)) else None
+    return int(dim) if _real(dim) and 1 <= dim <= 2**31 else None
 
 
 def _num(x, fmt="{:.4f}") -> str:
@@ -84,6 +106,8 @@ def header(data: dict) -> str:
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a '$' in a method name is text, not TeX
+    warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)  # drawn as boxes
     import matplotlib.pyplot as plt
     return plt
 
@@ -93,13 +117,13 @@ def _save(fig, axes, path: Path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
 
 
 def plot_map_bars(data: dict, path: Path) -> None:
     plt, names = _pyplot(), list(data["methods"])
     x, width = np.arange(len(names)), 0.38
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 1.1 * len(names) + 2), 60.0), 4.5))
     for i, (key, label) in enumerate(DIRECTIONS):
         stats = np.array([fold_stats(data["methods"][n], key) for n in names])  # (M, 2)
         bars = ax.bar(x + (i - 0.5) * width, stats[:, 0], width, yerr=stats[:, 1], capsize=3,
@@ -113,14 +137,18 @@ def plot_map_bars(data: dict, path: Path) -> None:
     ax.legend(loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
 def has_pr(r: dict) -> bool:
-    return all(isinstance(r.get(f"pr_{k}"), dict) and r[f"pr_{k}"].get("recall")
-               and len(r[f"pr_{k}"]["recall"]) == len(r[f"pr_{k}"].get("precision", []))
-               for k, _ in DIRECTIONS)
+    """Both directions' PR curves: equal-length, non-empty lists of finite numbers."""
+    def curve(pr) -> bool:
+        keys = ("recall", "precision")
+        lists = isinstance(pr, dict) and all(isinstance(pr.get(k), list) and pr[k] and
+                                             all(map(_real, pr[k])) for k in keys)
+        return lists and len(pr["recall"]) == len(pr["precision"])
+    return all(curve(r.get(f"pr_{k}")) for k, _ in DIRECTIONS)
 
 
 def plot_pr(data: dict, path: Path) -> list[str]:
@@ -174,33 +202,36 @@ def plot_map_vs_dim(series: dict, path: Path) -> None:
 
 
 def write_report(runs: list[dict], out: Path) -> list[str]:
-    """results.md and the plots; returns the PNG names written."""
+    """results.md and the plots; returns the PNG names written. Everything is rendered under
+    temporary names first (`tnn.data.write.Staged`): a failure leaves `out` as it was."""
     out.mkdir(parents=True, exist_ok=True)
     main, notes, written = runs[0], [], []
-    plot_map_bars(main, out / "map_bars.png")
-    written.append("map_bars.png")
-    if any(has_pr(r) for r in main["methods"].values()):
-        missing = plot_pr(main, out / "pr_curves.png")
-        written.append("pr_curves.png")
-        if missing:
-            notes.append(f"pr_curves.png leaves out {', '.join(missing)} (no pr_a2v/pr_v2a data).")
-    else:
-        notes.append("pr_curves.png skipped: no method carries pr_a2v/pr_v2a data.")
-    series = dim_series(runs)
-    if series:
-        plot_map_vs_dim(series, out / "map_vs_dim.png")
-        written.append("map_vs_dim.png")
-    else:
-        notes.append("map_vs_dim.png skipped: it needs results at two or more CCA dimensions "
-                     "(several --json files, each with a 'dim').")
-    parts = ["# Cross-modal retrieval results", ""]
-    for data in runs:
-        parts += [header(data), "", table(data), ""]
-    parts += [f"![MAP per method]({written[0]})"]
-    parts += [f"![{name[:-4]}]({name})" for name in written[1:]]
-    if notes:
-        parts += ["", "Notes:", *[f"- {n}" for n in notes]]
-    (out / "results.md").write_text("\n".join(parts) + "\n")
+    with Staged() as stage:
+        plot_map_bars(main, stage(out / "map_bars.png"))
+        written.append("map_bars.png")
+        if any(has_pr(r) for r in main["methods"].values()):
+            missing = plot_pr(main, stage(out / "pr_curves.png"))
+            written.append("pr_curves.png")
+            if missing:
+                notes.append(f"pr_curves.png leaves out {', '.join(missing)} "
+                             "(no pr_a2v/pr_v2a data).")
+        else:
+            notes.append("pr_curves.png skipped: no method carries pr_a2v/pr_v2a data.")
+        series = dim_series(runs)
+        if series:
+            plot_map_vs_dim(series, stage(out / "map_vs_dim.png"))
+            written.append("map_vs_dim.png")
+        else:
+            notes.append("map_vs_dim.png skipped: it needs results at two or more CCA "
+                         "dimensions (several --json files, each with a 'dim').")
+        parts = ["# Cross-modal retrieval results", ""]
+        for data in runs:
+            parts += [header(data), "", table(data), ""]
+        parts += [f"![MAP per method]({written[0]})"]
+        parts += [f"![{name[:-4]}]({name})" for name in written[1:]]
+        if notes:
+            parts += ["", "Notes:", *[f"- {n}" for n in notes]]
+        stage(out / "results.md").write_text("\n".join(parts) + "\n")
     return written
 
 

@@ -1,12 +1,12 @@
 """Embedding a gallery with a registered model into an index of Parquet embedding shards.
 
 Ray Data streams the feature shards (`tnn.ray.dataset.dataset`; or an in-memory source such as
-`uci-mfeat`) through `map_batches` into actors (`EncoderActor`) that each hold the two pyfunc
-encoders (`tnn.tracking.registry.load_encoders`); the driver writes the embedded batches as
+`uci-mfeat`) through `map_batches` into actors (`EncoderActor`) that each hold the model's
+two-branch pyfunc (`tnn.tracking.registry.load_encoders`); the driver writes the embedded batches as
 they arrive (`tnn.serve.index.EmbeddingWriter`: atomic shards, the manifest last, naming the
-model name, alias, versions and run). Memory depends on the batch size and the object-store cap
+model name, alias, version and run). Memory depends on the batch size and the object-store cap
 (`EmbedConfig.object_store_mib`, blocks in flight), not on the gallery size. The model URI is
-resolved once on the driver and every actor checks that it loaded the same versions (an alias
+resolved once on the driver and every actor checks that it loaded the same version (an alias
 moved mid-job is refused). `embed` does all of it; `jobs.embed` is its command line. Ray is
 imported inside the functions, so `embed_batch` and the config are usable without it.
 """
@@ -30,7 +30,7 @@ PROGRESS_SECONDS = 5.0
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
     model: str
-    """models:/NAME@ALIAS (NAME-audio and NAME-visual at that alias) or runs:/RUN_ID."""
+    """models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID (one two-branch model)."""
     data: str
     """A feature shard URI (s3:// or a local shard directory) or any `load_source` spec."""
     out: str
@@ -38,7 +38,7 @@ class EmbedConfig:
     batch_size: int = 4096
     """Rows per map_batches call (per actor call)."""
     concurrency: int = 1
-    """Encoder actors (each holds both encoders)."""
+    """Encoder actors (each holds the model, both branches)."""
     num_cpus: float = 1.0
     """CPUs per actor (torch uses this many threads)."""
     read_cpus: float = 0.5
@@ -84,7 +84,7 @@ def _floats(x) -> np.ndarray:
 
 
 class EncoderActor:
-    """Holds both pyfunc encoders of `model_uri`; refuses versions other than `expected`."""
+    """Holds the pyfunc model of `model_uri`; refuses a version other than `expected`'s."""
 
     def __init__(self, model_uri: str, tracking_uri: str, expected: dict, gpu: bool) -> None:
         enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
@@ -101,9 +101,9 @@ class EncoderActor:
 
 
 def _on_gpu(model):
-    """The exported encoder program moved to CUDA, as a numpy -> numpy callable."""
+    """A branch's exported encoder program moved to CUDA, as a numpy -> numpy callable."""
     import torch
-    module = model.unwrap_python_model().module.to("cuda")
+    module = model.model.unwrap_python_model().modules[model.modality].to("cuda")
 
     @torch.no_grad()
     def run(x: np.ndarray) -> np.ndarray:

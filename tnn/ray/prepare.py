@@ -32,7 +32,7 @@ from tnn.data.sources import is_shard_uri
 from tnn.errors import ConfigError, DataError
 from tnn.methods.linear import input_maps_from_stats
 from tnn.ray import dataset as data
-from tnn.train.config import TrainJobConfig
+from tnn.train.config import TrainJobConfig, network_config
 from tnn.train.plan import split_ids, split_in_memory
 
 # --- Ray Data transforms: plain functions of a batch -----------------------------------------
@@ -140,6 +140,7 @@ def split_shards(cfg: TrainJobConfig):
 
 def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
     """Split, one statistics pass, input stages, the projected (cached) fit set."""
+    cfg = network_config(cfg)  # tnn-label: standardised inputs, its own split and batch
     if is_shard_uri(cfg.data):
         fit_ds, n_fit, val, test = split_shards(cfg)
     else:

@@ -21,7 +21,9 @@ Checkpoints (`tnn.train.checkpoints`) hold the net, optimiser, epoch, RNG states
 state (`tnn.methods.loop`: history, best net), the resolved config (with the MLflow run id) and
 the encoder selected so far (input stages with the CCA projection + net: `load_encoder`). A
 run restarted by `FailureConfig`, or launched again with the same `run_name` and storage,
-resumes from its latest checkpoint. The driver's data plan is `tnn.ray.prepare`.
+resumes from its latest checkpoint. The driver's data plan is `tnn.ray.prepare`. With
+method=tnn-label, `fit` runs `tnn.ray.label_loop` instead (the helpers both loops share are in
+`tnn.ray.workers`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,21 +43,14 @@ from torch import nn
 
 from tnn.config import from_dict, to_dict
 from tnn.core.encoder import Encoder
-from tnn.core.metrics import cross_modal_scores
-from tnn.data.pairs import Pairs
 from tnn.errors import ConfigError
 from tnn.methods.loop import fit_epochs, new_state, restore_best
 from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
+from tnn.ray import label_loop
 from tnn.ray.prepare import Prepared
+from tnn.ray.workers import average_buffers, epoch_logger, report, scores, seed_of, shared_val_map
 from tnn.train import distributed as tdist
-from tnn.train.checkpoints import (
-    load_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    storage_of,
-    widths,
-)
+from tnn.train.checkpoints import load_state, rng_state, set_rng_state, storage_of, widths
 from tnn.train.config import TrainJobConfig
 
 # --- the worker loop -------------------------------------------------------------------------
@@ -75,12 +69,12 @@ def train_loop_per_worker(config: dict) -> None:
     def one_epoch(epoch: int) -> dict:
         if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
             raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
-        torch.manual_seed(_seed(t.seed, epoch, run.rank))  # dropout masks: resumable
+        torch.manual_seed(seed_of(t.seed, epoch, run.rank))  # dropout masks: resumable
         metrics = train_epoch(run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
                               (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device,
                               rows_seen)
         if run.world > 1 and not run.sync_bn:
-            _average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
+            average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
         return metrics
 
     def report(state: dict, metrics: dict) -> None:
@@ -139,7 +133,7 @@ def _start(config: dict) -> _Run:
     if checkpoint is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-    logger = _epoch_logger(cfg) if ctx.get_world_rank() == 0 else None
+    logger = epoch_logger(cfg) if ctx.get_world_rank() == 0 else None
     if logger and checkpoint is not None and not state["done"]:
         logger.metrics({"resumed_from_epoch": state["epoch"]}, step=state["epoch"])
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
@@ -158,7 +152,7 @@ def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, de
     for batch in shard.iter_torch_batches(
             batch_size=local_batch, drop_last=True, device=device,
             local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=_seed(*seed) if shuffle_buffer else None):
+            local_shuffle_seed=seed_of(*seed) if shuffle_buffer else None):
         out = model(batch["audio"], batch["visual"])
         check_finite(seed[1], steps + 1, **out)
         terms = tdist.global_batch_loss(out["audio_emb"], out["visual_emb"],
@@ -183,58 +177,21 @@ def _evaluate(run: _Run) -> dict:
     all-reduced so that every rank takes the same early-stopping decision."""
     out = {}
     if run.rank == 0:
-        out.update(_scores(run.encoder, run.inputs["val"], "val"))
+        out.update(scores(run.encoder, run.inputs["val"], "val"))
         if run.cfg.test_curve:
-            out.update(_scores(run.encoder, run.inputs["test"], "test"))
-    out["val_map"] = float(tdist.all_reduce_sum(torch.tensor(
-        out.get("val_map", 0.0), dtype=torch.float64, device=run.device)))
+            out.update(scores(run.encoder, run.inputs["test"], "test"))
+    out["val_map"] = shared_val_map(out.get("val_map"), run.device)
     return out
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def _scores(encoder: Encoder, held: Pairs, prefix: str) -> dict:
-    """Retrieval scores over the whole held-out part (on the CPU, where `Encoder.embed_*` run)."""
-    if any(p.device.type != "cpu" for p in encoder.parameters()):
-        encoder = copy.deepcopy(encoder).cpu()
-    s = cross_modal_scores(encoder.embed_audio(held.audio), encoder.embed_visual(held.visual),
-                           held.labels)
-    out = {f"{prefix}_{k}": float(s[k]) for k in ("a2v_map", "v2a_map", "mrr1_a2v", "mrr1_v2a")}
-    return {**out, f"{prefix}_map": 0.5 * (out[f"{prefix}_a2v_map"] + out[f"{prefix}_v2a_map"])}
-
-
-def _average_buffers(net: nn.Module) -> None:
-    with torch.no_grad():
-        for buf in net.buffers():
-            if buf.is_floating_point():
-                buf.copy_(tdist.all_reduce_sum(buf) / tdist.world_size())
-
-
-def _epoch_logger(cfg: TrainJobConfig):
-    if not (cfg.mlflow.enabled and cfg.mlflow.run_id and cfg.mlflow.tracking_uri):
-        return None
-    from tnn.tracking.runs import RunLogger
-    return RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.run_id)
 
 
 def _report(run: _Run, metrics: dict, selected: Encoder | None = None) -> None:
     """Every rank reports (a barrier); rank 0 attaches the checkpoint. `selected`: the final
     encoder (else the best epoch's so far); the final report keeps the last epoch's net."""
-    if run.rank != 0:
-        ray.train.report(metrics)
-        return
-    if selected is None:
+    if run.rank == 0 and selected is None:
         run.state.update(net={k: v.detach().cpu() for k, v in run.net.state_dict().items()},
                          optimizer=run.opt.state_dict(), rng=rng_state())
         selected = _best_encoder(run.encoder, run.state)
-    name = f"epoch-{run.state['epoch']:04d}" + ("-final" if run.state["done"] else "")
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(d, run.state, to_dict(run.cfg), selected, run.cfg.tnn,
-                        run.inputs["num_classes"])
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                         checkpoint_dir_name=name)
+    report(metrics, run.rank, run.state, run.cfg, selected, run.inputs["num_classes"])
 
 
 def _best_encoder(encoder: Encoder, state: dict) -> Encoder:
@@ -254,11 +211,11 @@ def _finish(run: _Run) -> None:
         restore_best(state, run.net)
         if run.cfg.tnn.pipeline == "two-stage":
             first = Encoder(encoder.audio_in, encoder.visual_in, None, *run.inputs["dims"])
-            if _scores(first, run.inputs["val"], "val")["val_map"] >= state["best"]:
+            if scores(first, run.inputs["val"], "val")["val_map"] >= state["best"]:
                 encoder = first
         final.update(first_stage_only=int(encoder.net is None),
-                     **_scores(encoder, run.inputs["val"], "val"),
-                     **_scores(encoder, run.inputs["test"], "test"))
+                     **scores(encoder, run.inputs["val"], "val"),
+                     **scores(encoder, run.inputs["test"], "test"))
         if run.logger:
             run.logger.metrics({f"final_{k}": v for k, v in final.items()}, step=state["epoch"])
     state.update(done=True, final=final)
@@ -275,18 +232,23 @@ def worker_inputs(prep: Prepared) -> dict:
 def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
         callbacks: list | None = None):
     """Run (or resume) `cfg.run_name` on Ray Train; returns the `ray.train.Result`.
-    `callbacks`: Ray Train `UserCallback`s (e.g. Tune's `TuneReportCallback` in a trial)."""
+    `callbacks`: Ray Train `UserCallback`s (e.g. Tune's `TuneReportCallback` in a trial).
+    method=tnn-label runs `tnn.ray.label_loop` (`prep` from `prepare` of the same config)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     if not cfg.run_name:
         raise ConfigError("fit needs a run_name (jobs.train picks one)")
-    local_batch = max(1, min(cfg.tnn.train.batch_size, prep.n_fit) // cfg.workers)
+    label = cfg.method == "tnn-label"
+    batch = cfg.tnn_label.batch_size if label else cfg.tnn.train.batch_size
+    local_batch = max(1, min(batch, prep.n_fit) // cfg.workers)
+    loop, inputs = (label_loop.train_loop_per_worker, label_loop.worker_inputs(cfg, prep)) \
+        if label else (train_loop_per_worker, worker_inputs(prep))
     path, fs = storage_of(cfg.storage_path)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.report_poll_s))
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": to_dict(cfg), "inputs": ray.put(worker_inputs(prep)),
+        loop,
+        train_loop_config={"job": to_dict(cfg), "inputs": ray.put(inputs),
                            "local_batch": local_batch, "record_rows": record_rows},
         torch_config=TorchConfig(backend=tdist.backend_for("cuda" if cfg.use_gpu else "cpu")),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,

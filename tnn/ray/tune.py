@@ -139,7 +139,7 @@ def tune_storage(path: str) -> tuple[str, object]:
     from tnn.data import storage
     if storage.is_s3(path):
         bucket, key = storage.split_s3(path)
-        return f"{bucket}/{key}".rstrip("/"), storage.s3_filesystem()
+        return f"{bucket}/{key}".rstrip("/"), storage.s3_filesystem(bucket=bucket)
     return os.path.abspath(os.path.expanduser(path)), None
 
 

@@ -11,6 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from tnn.errors import redact
 from tnn.ray.tune_space import SearchSpace
 
 PLOTS = (("tnn.train.margin", "tnn.cca.dim", "map_vs_margin.png"),
@@ -84,7 +85,7 @@ def write_outputs(report: dict, rows, space, parent, out: str | None) -> None:
     """tune.json, tune.md and the plots into the parent run (and `out`)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "tune.json").write_text(json.dumps(report, indent=1, default=str))
+        (d / "tune.json").write_text(redact(json.dumps(report, indent=1, default=str)))
         (d / "tune.md").write_text(table(rows, space))
         files = [d / "tune.json", d / "tune.md"] + [
             p for x, g, name in PLOTS if (p := plot(rows, x, g, space.metric, d / name))]

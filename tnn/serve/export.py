@@ -9,7 +9,8 @@ the MLflow pyfunc wrapper `tnn/tracking/pyfunc.py`, do exactly that).
 
 Why torch.export: `torch.jit.trace` is deprecated in torch 2.13; a numpy op list would have
 to follow every layer type of `tnn.core.model`. The exported graph is checked against
-`Encoder.embed_*` in tests/test_export.py (batch sizes 0, 1 and many).
+`Encoder.embed_*` in tests/serve/test_export.py (batch sizes 0, 1 and many), for the TNN
+pipelines and for tnn-label's posterior readout (`MixPad`, weights in its buffers).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tnn.core.encoder import Encoder
+from tnn.core.encoder import Affine, Encoder
 from tnn.errors import ConfigError
+from tnn.train.checkpoints import check_program
 
 MODALITIES = ("audio", "visual")
 PROGRAM, META = "program.pt2", "meta.json"
@@ -47,9 +49,10 @@ def in_dim(encoder: Encoder, modality: str) -> int:
 
 
 def example_input(encoder: Encoder, modality: str, rows: int = 2) -> np.ndarray:
-    """`rows` copies of the standardiser's mean (a typical raw input, no data needed)."""
-    first = encoder.audio_in if modality == "audio" else encoder.visual_in
-    first = first[0] if isinstance(first, nn.Sequential) else first
+    """`rows` copies of the standardiser's mean (a typical raw input, no data needed): the
+    first `Affine` of the input stage (also inside a tnn-label readout)."""
+    stage = encoder.audio_in if modality == "audio" else encoder.visual_in
+    first = next(m for m in stage.modules() if isinstance(m, Affine))
     mean = first.mean.detach().cpu().numpy().astype(np.float32)
     return np.repeat(mean[None], rows, axis=0)  # (rows, D)
 
@@ -77,7 +80,7 @@ def load_branch(folder: str | os.PathLike):
     """(callable on float32 (N, D) arrays -> (N, k) arrays, meta): the exported program."""
     folder = Path(folder)
     meta = json.loads((folder / META).read_text())
-    module = torch.export.load(folder / PROGRAM).module()
+    module = torch.export.load(check_program(folder / PROGRAM)).module()
 
     @torch.no_grad()
     def embed(x: np.ndarray) -> np.ndarray:

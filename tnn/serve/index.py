@@ -8,13 +8,13 @@ of `tnn.data.shards`::
 
 Columns: `clip_id` string, `label` int32, `audio_emb` and `visual_emb`
 fixed_size_list<float32>[Ka] / [Kv] (unit rows). The manifest (`"kind": "tnn-embeddings"`)
-names the model the embeddings came from (registered name, alias, the two versions, run id,
-model URI), the widths, the shards with their row counts, the source data and class names.
+names the model (name, alias, both versions, run id, URI), widths, shards and rows, source.
 `EmbeddingWriter` reuses `tnn.data.shard_writer` (atomic shards, manifest last, refusal to
 overwrite); `load_index` reads an index into memory (float32) as an `Index`, which searches it
-exactly (`tnn.serve.search`) or through IVF lists (`tnn.serve.ivf`, saved by `save_ivf`);
-`iter_blocks` and `search_stream` go shard by shard (memory bounded by one row group).
-pyarrow is imported lazily.
+exactly (`tnn.serve.search`) or through IVF lists (`tnn.serve.ivf`: FAISS when installed,
+else numpy; saved by `save_ivf`); `iter_blocks` and `search_stream` go shard by shard (memory
+bounded by one row group). Read from storage: data only (shard names inside the index, IVF
+lists as plain arrays, `allow_pickle=False`, checked). pyarrow is imported lazily.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import dataclasses
 import io
 import json
 import uuid
+import zipfile
 
 import numpy as np
 
 from tnn.data import shards, storage
+from tnn.data.paths import check_name
 from tnn.data.shard_writer import ShardWriter
 from tnn.errors import DataError
+from tnn.serve import ivf as ivf_lists
 from tnn.serve import search as retrieval
-from tnn.serve.ivf import IVFIndex
 
 KIND, VERSION = "tnn-embeddings", 1
 IVF_FILE = "_ivf-{column}.npz"  # optional saved IVF lists of one column (save_ivf)
@@ -74,8 +76,8 @@ class IndexManifest:
                 raise DataError(f"{uri}: not an embedding index (its manifest is not "
                                 f"kind {KIND!r}; build one with python -m jobs.embed)")
             man = cls({k: d["model"].get(k) for k in MODEL_KEYS}, int(d["audio_dim"]),
-                      int(d["visual_dim"]), tuple((s["file"], int(s["rows"]))
-                                                  for s in d["shards"]),
+                      int(d["visual_dim"]), tuple((check_name(s["file"], where, "shard file"),
+                                                   int(s["rows"])) for s in d["shards"]),
                       d.get("source", ""), tuple(d.get("class_names", ())),
                       d.get("index_id", ""))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -194,20 +196,21 @@ class Index:
         self.clip_ids, self.labels = np.asarray(clip_ids), np.asarray(labels)
         self.emb = {"audio_emb": audio_emb, "visual_emb": visual_emb}
         self.model, self.uri, self.class_names = model or {}, uri, tuple(class_names)
-        self._ivf: dict[str, IVFIndex] = {}
+        self._ivf: dict = {}  # column -> IVFIndex or FaissIVF (tnn.serve.ivf.build)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def ivf(self, column: str, nlist: int | None = None) -> IVFIndex:
-        """The IVF index of `column`: a saved or earlier one (`set_ivf`) unless `nlist` asks
-        for another size, else built now (seconds per 100k rows)."""
+    def ivf(self, column: str, nlist: int | None = None):
+        """The IVF index of `column` (`ivf_lists.build`: FAISS when installed, else numpy): a
+        saved or earlier one (`set_ivf`) unless `nlist` asks for another size, else built now
+        (seconds per 100k rows)."""
         have = self._ivf.get(column)
         if have is None or nlist not in (None, have.nlist):
-            self._ivf[column] = have = IVFIndex.build(self.emb[column], nlist)
+            self._ivf[column] = have = ivf_lists.build(self.emb[column], nlist)
         return have
 
-    def set_ivf(self, column: str, ivf: IVFIndex) -> None:
+    def set_ivf(self, column: str, ivf) -> None:
         self._ivf[column] = ivf
 
     def search(self, queries, modality: str, k: int = 10, *, model: dict | None = None,
@@ -216,8 +219,8 @@ class Index:
         `model`: the query encoder's info, refused unless it built the index."""
         k, column = retrieval.check_k(k), retrieval.gallery_column(modality)
         gallery = self.emb[column]
-        q = retrieval.check_query(queries, len(self), gallery.shape[1], column, self.model, model,
-                        self.uri)
+        q = retrieval.check_query(queries, len(self), gallery.shape[1], column, self.model,
+                                  model, self.uri)
         rows, scores = self.ivf(column, nlist).search(q, k, nprobe) if approx else \
             retrieval.exact_search(q, gallery, k)
         safe = np.maximum(rows, 0)
@@ -233,8 +236,8 @@ def load_index(uri: str, settings=None) -> Index:
     for row0, block in iter_blocks(uri, settings=settings, man=man):
         for col, values in block.items():
             out[col][row0:row0 + len(values)] = values
-    index = Index(out["clip_id"].astype(str), out["label"], out["audio_emb"],
-                            out["visual_emb"], man.model, uri, man.class_names)
+    index = Index(out["clip_id"].astype(str), out["label"], out["audio_emb"], out["visual_emb"],
+                  man.model, uri, man.class_names)
     for column in COLUMNS[2:]:
         ivf = load_ivf(uri, column, index.emb[column], man, settings)
         if ivf is not None:
@@ -242,8 +245,7 @@ def load_index(uri: str, settings=None) -> Index:
     return index
 
 
-def save_ivf(uri: str, column: str, ivf: IVFIndex, man: IndexManifest,
-             settings=None) -> str:
+def save_ivf(uri: str, column: str, ivf, man: IndexManifest, settings=None) -> str:
     """Publish `ivf`'s centroids and row lists as `<uri>/_ivf-<column>.npz` (atomically),
     tagged with the index id so a rewritten index never uses stale lists; returns the URI."""
     name = IVF_FILE.format(column=column)
@@ -251,23 +253,32 @@ def save_ivf(uri: str, column: str, ivf: IVFIndex, man: IndexManifest,
     with open(tmp, "wb") as f:
         np.savez(f, centroids=ivf.centroids, assign=ivf.assignment(),
                  index_id=np.array(man.index_id))
-    client = storage.s3_client(settings) if storage.is_s3(uri) else None
+    client = storage.s3_client(settings, storage.split_s3(uri)[0]) if storage.is_s3(uri) \
+        else None
     storage.publish(tmp, storage.join(uri, name), client)
     return storage.join(uri, name)
 
 
-def load_ivf(uri: str, column: str, gallery: np.ndarray, man: IndexManifest,
-             settings=None) -> IVFIndex | None:
-    """The saved IVF lists of `column` if present and made for this index, else None."""
+def load_ivf(uri: str, column: str, gallery: np.ndarray, man: IndexManifest, settings=None):
+    """The saved IVF lists of `column` if present and made for this index, else None; not
+    plain arrays of the right shapes: `DataError` naming the file."""
+    name = IVF_FILE.format(column=column)
     fs, root = storage.filesystem(uri, settings)
     try:
-        with fs.open_input_stream(f"{root}/{IVF_FILE.format(column=column)}") as f:
-            saved = np.load(io.BytesIO(f.read()))
+        with fs.open_input_stream(f"{root}/{name}") as f:
+            raw = f.read()
     except (FileNotFoundError, OSError):
         return None
+    where = storage.join(uri, name)
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            saved = {k: z[k] for k in ("centroids", "assign", "index_id")}
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{where}: not readable IVF lists ({type(err).__name__}: {err}); "
+                        "rebuild them with jobs.query --build-ivf") from None
     if str(saved["index_id"]) != man.index_id or len(saved["assign"]) != len(gallery):
-        return None
-    return IVFIndex.from_lists(gallery, saved["centroids"], saved["assign"])
+        return None  # lists of an earlier index at this prefix
+    return ivf_lists.from_lists(gallery, saved["centroids"], saved["assign"], where=where)
 
 
 def search_stream(uri: str, queries: np.ndarray, modality: str, k: int = 10, *,

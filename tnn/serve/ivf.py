@@ -4,16 +4,23 @@
 2011, without the quantisation: spherical k-means centroids (`kmeans`) split the gallery into
 `nlist` lists; a query scans its `nprobe` nearest lists exactly, under the same total order as
 `tnn.serve.search.exact_search` (`recall_at_k` there measures it). Pure numpy.
+
+Backends: `build` and `from_lists` make the IVF index every caller uses (`Index.search(...,
+approx=True)`, `jobs.query --build-ivf`): FAISS (`tnn.serve.faiss_ivf`) when faiss-cpu is
+installed (`pip install -e '.[faiss]'`), else this numpy `IVFIndex`; `TNN_IVF_BACKEND=numpy`
+or `faiss` chooses one. Both keep the same lists (centroids + each row's list), so lists saved
+by one load into the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
 from tnn.errors import ConfigError, DataError
-from tnn.serve.search import _matrices, check_k, merge_topk, topk_rows
+from tnn.serve.search import _matrices, check_gallery, check_k, merge_topk, topk_rows
 
 
 def kmeans(x: np.ndarray, nlist: int, iters: int = 10, seed: int = 0,
@@ -54,13 +61,8 @@ class IVFIndex:
               train_rows: int = 100_000, seed: int = 0) -> "IVFIndex":
         """k-means on at most `train_rows` sampled rows, then every row to its nearest list.
         Default nlist: 4 sqrt(N), at most N / 8 lists (the usual IVF sizing)."""
-        gallery = np.asarray(gallery, np.float32)
+        gallery, nlist = check_gallery(gallery, nlist)
         n = len(gallery)
-        if n == 0:
-            raise DataError("the gallery is empty (0 rows): nothing to index")
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 8))
-        if not 1 <= nlist <= n:
-            raise ConfigError(f"nlist must be in 1..{n} (the gallery rows); got {nlist}")
         rng = np.random.default_rng(seed)
         sample = gallery[np.sort(rng.choice(n, min(n, max(train_rows, nlist)), replace=False))]
         centroids = kmeans(sample, nlist, iters, seed)
@@ -119,3 +121,55 @@ class IVFIndex:
             cand[qs[:, None], where] = vals
         rows, vals = merge_topk((cand_rows[:, :0], cand[:, :0]), (cand_rows, cand), k)
         return np.where(np.isfinite(vals), rows, -1), vals
+
+
+# --- backends --------------------------------------------------------------------------------
+
+BACKENDS = ("faiss", "numpy")
+
+
+def _have_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backend(name: str | None = None) -> str:
+    """`name`, else $TNN_IVF_BACKEND, else "faiss" when faiss-cpu imports, else "numpy"."""
+    name = name or os.environ.get("TNN_IVF_BACKEND") or None
+    if name is None:
+        return "faiss" if _have_faiss() else "numpy"
+    if name not in BACKENDS:
+        raise ConfigError(f"IVF backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if name == "faiss" and not _have_faiss():
+        raise ConfigError("IVF backend 'faiss' is not installed: pip install -e '.[faiss]' "
+                          "(or use the numpy backend)")
+    return name
+
+
+def build(gallery, nlist: int | None = None, *, backend_name: str | None = None, **kwargs):
+    """An IVF index of `gallery` on the chosen backend (`backend`)."""
+    if backend(backend_name) == "faiss":
+        from tnn.serve.faiss_ivf import FaissIVF
+        return FaissIVF.build(gallery, nlist, **kwargs)
+    return IVFIndex.build(gallery, nlist, **kwargs)
+
+
+def from_lists(gallery, centroids, assign, *, backend_name: str | None = None, where: str = ""):
+    """Saved lists (`centroids` (L, D), `assign` (N,) ints in 0..L-1) on the chosen backend,
+    checked first: `DataError` naming `where` when they do not fit the gallery."""
+    gallery, centroids, assign = np.asarray(gallery), np.asarray(centroids), np.asarray(assign)
+    ok = (centroids.ndim == 2 and centroids.dtype.kind == "f" and assign.ndim == 1 and
+          assign.dtype.kind in "iu" and len(assign) == len(gallery) and len(centroids) >= 1 and
+          centroids.shape[1] == gallery.shape[1] and np.isfinite(centroids).all() and
+          (len(assign) == 0 or (assign.min() >= 0 and assign.max() < len(centroids))))
+    if not ok:
+        raise DataError(f"{where}: IVF lists do not fit the gallery: centroids "
+                        f"{centroids.shape} {centroids.dtype}, assignments {assign.shape} "
+                        f"{assign.dtype} for {gallery.shape} rows")
+    if backend(backend_name) == "faiss":
+        from tnn.serve.faiss_ivf import FaissIVF
+        return FaissIVF.from_lists(gallery, centroids, assign)
+    return IVFIndex.from_lists(gallery, centroids, assign)

@@ -29,10 +29,12 @@ def load_queries(path: str) -> np.ndarray:
     if x.ndim != 2 or x.dtype.kind not in "iuf" or len(x) == 0:
         raise DataError(f"{path}: expected a non-empty numeric (N, D) array; got dtype "
                         f"{x.dtype}, shape {x.shape}")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)  # a value beyond float32's range becomes inf: refused below
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
-        raise DataError(f"{path}: row {bad[0]} has NaN or inf values")
-    return x.astype(np.float32)
+        raise DataError(f"{path}: row {bad[0]} has NaN or inf values (or beyond float32)")
+    return x
 
 
 def open_index(index_uri: str, modality: str, k) -> embedding_shards.IndexManifest:
@@ -76,7 +78,7 @@ def build_ivf(index_uri: str, nlist: int | None = None, nprobe: int = 32, k: int
         column = retrieval.gallery_column(modality)
         gallery, q = index.emb[column], index.emb[f"{modality}_emb"][picks]
         t0 = time.perf_counter()
-        ivf = ivf_lists.IVFIndex.build(gallery, nlist)
+        ivf = ivf_lists.build(gallery, nlist)
         t1 = time.perf_counter()
         exact = retrieval.exact_search(q, gallery, k)[0]
         t2 = time.perf_counter()

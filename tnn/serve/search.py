@@ -103,6 +103,19 @@ def exact_search(queries: np.ndarray, gallery: np.ndarray, k: int, *,
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def check_gallery(gallery, nlist: int | None) -> tuple[np.ndarray, int]:
+    """(gallery as float32, nlist): default 4 sqrt(N), at most N / 8 lists (the usual IVF
+    sizing); an empty gallery or an nlist outside 1..N refused."""
+    gallery = np.asarray(gallery, np.float32)
+    n = len(gallery)
+    if n == 0:
+        raise DataError("the gallery is empty (0 rows): nothing to index")
+    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 8))
+    if not 1 <= nlist <= n:
+        raise ConfigError(f"nlist must be in 1..{n} (the gallery rows); got {nlist}")
+    return gallery, nlist
+
+
 def _matrices(queries, gallery) -> tuple[np.ndarray, np.ndarray]:
     queries, gallery = np.asarray(queries), np.asarray(gallery)
     if queries.ndim != 2 or gallery.ndim != 2:

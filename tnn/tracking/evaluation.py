@@ -2,9 +2,9 @@
 
 The held-out part is the training run's test fold (its logged config.yaml: data, folds, seed,
 subset, test_fold; `split_of`), split exactly as `jobs.train` split it (`held_out`), and
-embedded by the MLflow pyfunc encoders (no tnn model code involved). MAP both directions,
+embedded by the MLflow pyfunc model (no tnn model code involved). MAP both directions,
 MRR@1, precision@k and the PR curve are logged as a run of experiment tnn-evaluate, tagged
-with the model name, alias, versions and the source run; the model versions get a tag naming
+with the model name, alias, version and the source run; the model version gets a tag naming
 that run (`log_evaluation`). `evaluate` does all of it; `jobs.evaluate` is its command line
 and `tnn.tracking.promotion` scores champion and challenger with it.
 """
@@ -30,7 +30,7 @@ SMOKE_CLIPS = 200
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     model: str
-    """models:/NAME@ALIAS or runs:/RUN_ID."""
+    """models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID."""
     data: str | None = None
     """None: the data the model's run was trained on."""
     fold: int | None = None
@@ -93,7 +93,7 @@ def held_out_shards(cfg):
 
 
 def scores(encoders, test) -> dict:
-    """`cross_modal_scores` of the pyfunc encoders' embeddings of `test`, plus the mean MAP."""
+    """`cross_modal_scores` of the pyfunc model's embeddings of `test`, plus the mean MAP."""
     from tnn.core.metrics import cross_modal_scores
     s = cross_modal_scores(encoders.audio.predict(test.audio),
                            encoders.visual.predict(test.visual), test.labels)
@@ -105,10 +105,9 @@ def log_evaluation(uri: str, experiment: str, encoders, split: dict, s: dict, n:
     info = encoders.info
     tags = {"job": JOB, "model_uri": info["model_uri"], "source_run_id": info["run_id"],
             "data": split["data"], "test_fold": split.get("test_fold", 0), "clips": n}
-    if info["versions"]:
-        tags.update(model_name=info["name"], model_alias=info["alias"],
-                    audio_version=info["versions"]["audio"],
-                    visual_version=info["versions"]["visual"])
+    if info["version"]:
+        tags.update(model_name=info["name"], model_version=info["version"],
+                    **({"model_alias": info["alias"]} if info["alias"] else {}))
     logger, _ = tracking.open_run(uri, experiment, f"eval-{info['run_id'][:8]}", tags=tags)
     logger.params({f"split.{k}": v for k, v in split.items()})
     logger.metrics({k.replace("@", "_at_"): v for k, v in s.items() if np.isscalar(v)})
@@ -117,9 +116,9 @@ def log_evaluation(uri: str, experiment: str, encoders, split: dict, s: dict, n:
     logger.client.log_dict(logger.run_id, curve, "pr_curve.json")
     with tempfile.TemporaryDirectory() as tmp:
         logger.artifact(plot_pr(curve, Path(tmp) / "pr_curve.png"), "plots")
-    if info["versions"]:
-        registry.tag_versions(info["name"], info["versions"], {"evaluation_run": logger.run_id},
-                              tracking_uri=uri)
+    if info["version"]:
+        registry.tag_version(info["name"], info["version"], {"evaluation_run": logger.run_id},
+                             tracking_uri=uri)
     logger.finish()
     return logger.run_id
 

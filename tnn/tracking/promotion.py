@@ -3,14 +3,13 @@
 1. `best_run`: the best FINISHED run of the experiment by a metric (default final_val_map,
    higher is better; tuning trials are child runs in the same experiment and count; runs
    without logged encoders, e.g. a search's parent, are skipped).
-2. `challenger_versions`: its encoders are registered as new versions of NAME-audio and
-   NAME-visual (unless that run already holds the challenger or champion versions) and get
-   the alias `challenger`.
+2. `challenger_version`: its model is registered as a new version of NAME (unless that run
+   already holds the challenger or champion version) and gets the alias `challenger`.
 3. `tnn.tracking.evaluation.evaluate` scores the challenger and the current `champion` on the
    same held-out data (the challenger's run's test fold), each as a tnn-evaluate run.
-4. `champion` moves to the challenger's versions, for both encoders together, only if its
-   mean MAP beats the champion's by more than `min_improvement` (`decide`), or there is no
-   champion. Aliases only, never stages (`tnn.tracking.registry.set_alias`).
+4. `champion` moves to the challenger's version (one alias of one model: both modalities
+   move together) only if its mean MAP beats the champion's by more than `min_improvement`
+   (`decide`), or there is no champion. Aliases only, never stages.
 `promote` runs the four steps; `jobs.promote` is its command line.
 """
 
@@ -28,7 +27,7 @@ class PromoteConfig:
     experiment: str
     """Where to look for the best run (child runs of tuning parents included)."""
     model_name: str = "tnn"
-    """Registered models <model_name>-audio and <model_name>-visual."""
+    """The registered model (both modalities: one two-branch pyfunc)."""
     metric: str = "final_val_map"
     """Run metric that picks the best run (higher is better)."""
     min_improvement: float = 0.0
@@ -48,7 +47,7 @@ def best_run(uri: str, experiment: str, metric: str):
                               order_by=[f"metrics.`{metric}` DESC"], max_results=1000)
     for run in (r for r in runs if metric in r.data.metrics):
         try:
-            registry.logged_encoders(run.info.run_id, tracking_uri=uri)
+            registry.logged_model(run.info.run_id, tracking_uri=uri)
             return run
         except ConfigError:
             continue  # e.g. a search's parent run: it only summarises its trials
@@ -56,19 +55,18 @@ def best_run(uri: str, experiment: str, metric: str):
                       "and logged encoders")
 
 
-def challenger_versions(cfg: PromoteConfig, uri: str, run_id: str) -> dict[str, str]:
-    """The challenger pair for `run_id`: existing versions of that run if an alias holds them,
-    else newly registered ones; `challenger` then points at them."""
+def challenger_version(cfg: PromoteConfig, uri: str, run_id: str) -> str:
+    """The challenger version for `run_id`: the version of that run an alias already holds,
+    else a newly registered one; `challenger` then points at it."""
     client = tracking.client(uri)
     for alias in ("challenger", "champion"):
-        versions = registry.get_alias(cfg.model_name, alias, tracking_uri=uri)
-        if versions and client.get_model_version(registry.registered_name(
-                cfg.model_name, "audio"), versions["audio"]).run_id == run_id:
+        version = registry.get_alias(cfg.model_name, alias, tracking_uri=uri)
+        if version and client.get_model_version(cfg.model_name, version).run_id == run_id:
             break
     else:
-        versions = registry.register_encoders(run_id, cfg.model_name, tracking_uri=uri)
-    registry.set_alias(cfg.model_name, "challenger", versions, tracking_uri=uri)
-    return versions
+        version = registry.register_model(run_id, cfg.model_name, tracking_uri=uri)
+    registry.set_alias(cfg.model_name, "challenger", version, tracking_uri=uri)
+    return version
 
 
 def decide(new: float, old: float | None, margin: float) -> tuple[bool, str]:
@@ -88,19 +86,19 @@ def promote(cfg: PromoteConfig, log=print) -> dict:
     log(f"promote: best run {run.info.run_id} ({run.info.run_name}): {cfg.metric} "
         f"{run.data.metrics[cfg.metric]:.4f}")
     champion = registry.get_alias(cfg.model_name, "champion", tracking_uri=uri)
-    new_versions = challenger_versions(cfg, uri, run.info.run_id)
+    new_version = challenger_version(cfg, uri, run.info.run_id)
     kw = dict(tracking_uri=uri, limit=cfg.limit, log=log)
     new = evaluation.evaluate(f"models:/{cfg.model_name}@challenger", **kw)
     old = None if champion is None else evaluation.evaluate(
         f"models:/{cfg.model_name}@champion", split=new["split"], **kw)
-    if champion == new_versions:
+    if champion == new_version:
         promoted, why = False, "the best run already is the champion"
     else:
         promoted, why = decide(new["scores"]["map"], old and old["scores"]["map"],
                                cfg.min_improvement)
     if promoted:
-        registry.set_alias(cfg.model_name, "champion", new_versions, tracking_uri=uri)
+        registry.set_alias(cfg.model_name, "champion", new_version, tracking_uri=uri)
     return {"promoted": promoted, "reason": why, "run_id": run.info.run_id,
-            "challenger": new_versions, "champion_before": champion,
+            "challenger": new_version, "champion_before": champion,
             "challenger_map": new["scores"]["map"], "champion_map": old and old["scores"]["map"],
             "evaluation_runs": [e["run_id"] for e in (new, old) if e]}

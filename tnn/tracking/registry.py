@@ -1,11 +1,13 @@
-"""The two pyfunc encoders of a run and the model registry: the `mlflow` edge for models.
+"""A run's encoder as one two-branch pyfunc model and the model registry: MLflow for models.
 
 `log_checkpoint` puts a training checkpoint into its run: the history plot, the encoder files
-and, through `log_encoder(s)`, each branch of the fitted `Encoder` as a pyfunc model (a
-`tnn.serve.export` program served by `tnn/tracking/pyfunc.py`). The registry holds them as
-`<name>-audio` and `<name>-visual`, whose versions always move together between the aliases
-`challenger` and `champion` (`set_alias` restores the first alias if the second fails; never
-the deprecated stages). `load_encoders("models:/NAME@ALIAS" | "runs:/RUN_ID")` returns both.
+and, through `log_model`, the fitted `Encoder` as ONE pyfunc model (`tnn/tracking/pyfunc.py`
+serving both `tnn.serve.export` programs; `params={"modality": "audio"|"visual"}` picks the
+branch, "audio" by default). The registry holds it as one registered model (default `tnn`)
+whose versions move between the aliases `challenger` and `champion` (never the deprecated
+stages), so `mlflow.pyfunc.load_model("models:/tnn@champion")` and `mlflow models serve -m
+models:/tnn@champion` work as MLflow users expect. `load_encoders("models:/NAME@ALIAS" |
+"models:/NAME/VERSION" | "runs:/RUN_ID")` returns the model with a per-modality view of it.
 Choosing and promoting a champion: `tnn.tracking.promotion`.
 """
 
@@ -16,221 +18,202 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from tnn.errors import ConfigError
+from tnn.tracking.model_check import check_model_dir
 from tnn.tracking.runs import (DEFAULT_LOCAL_DIR, RunLogger, open_run, plot_history, resolve,
                                using)
 from tnn.tracking.runs import client as _client
 
 MODALITIES = ("audio", "visual")
+DEFAULT_MODALITY = "audio"
+LOGGED_NAME = "model"  # the logged model's name in its run (not "encoder": a folder of the run)
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 
 
-def log_encoder(logger: RunLogger, encoder, modality: str) -> str:
-    """One branch of a `tnn.core.encoder.Encoder` as a pyfunc model named `modality` in the run
-    (`tnn.serve.export` program + `tnn/tracking/pyfunc.py`); returns its model URI (models:/m-...)."""
+def signature(meta: dict):
+    """Tensors (N, D) -> (N, K) float32, widths per modality (so -1 here; the model's metadata
+    `tnn` gives them), and the `modality` param."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, -1))])
+    return ModelSignature(spec, spec, ParamSchema([ParamSpec("modality", "string",
+                                                             DEFAULT_MODALITY)]))
+
+
+def log_model(logger: RunLogger, encoder) -> str:
+    """A `tnn.core.encoder.Encoder` as one pyfunc model named `model` in the run (both
+    branches exported by `tnn.serve.export`); returns its model URI (models:/m-...)."""
     import mlflow
-    import numpy as np
     import torch
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.models import Model
 
     from tnn.serve import export
     with tempfile.TemporaryDirectory() as tmp:
-        meta = export.export_branch(encoder, modality, Path(tmp) / "encoder")
-        spec = lambda d: Schema([TensorSpec(np.dtype(np.float32), (-1, d))])  # noqa: E731
+        meta = {m: export.export_branch(encoder, m, Path(tmp) / m) for m in MODALITIES}
         pins = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                 f"mlflow=={mlflow.__version__}"]
         # created here so it lands in the run's experiment (Model.log would use the fluent one)
         model = logger.client.create_logged_model(
-            logger.client.get_run(logger.run_id).info.experiment_id, name=modality,
-            source_run_id=logger.run_id, tags={"modality": modality})
+            logger.client.get_run(logger.run_id).info.experiment_id, name=LOGGED_NAME,
+            source_run_id=logger.run_id)
         with using(logger.tracking_uri):
-            info = Model.log(None, mlflow.pyfunc, name=modality, run_id=logger.run_id,
+            info = Model.log(None, mlflow.pyfunc, name=LOGGED_NAME, run_id=logger.run_id,
                              model_id=model.model_id, python_model=str(PYFUNC_FILE),
-                             artifacts={"encoder": str(Path(tmp) / "encoder")},
-                             signature=ModelSignature(spec(meta["in_dim"]), spec(meta["out_dim"])),
-                             input_example=export.example_input(encoder, modality),
+                             artifacts={m: str(Path(tmp) / m) for m in MODALITIES},
+                             signature=signature(meta),
+                             input_example=(export.example_input(encoder, DEFAULT_MODALITY),
+                                            {"modality": DEFAULT_MODALITY}),
                              pip_requirements=pins, metadata={"tnn": meta})
         logger.client.finalize_logged_model(model.model_id, "READY")
     return info.model_uri
 
 
-def log_encoders(logger: RunLogger, encoder) -> dict[str, str]:
-    """Both branches (`log_encoder`): {"audio": model URI, "visual": model URI}."""
-    return {m: log_encoder(logger, encoder, m) for m in MODALITIES}
-
-
-def log_checkpoint(logger: RunLogger, checkpoint_dir: str | os.PathLike) -> dict[str, str]:
+def log_checkpoint(logger: RunLogger, checkpoint_dir: str | os.PathLike) -> str:
     """A `tnn.train.checkpoints` directory into the run: the history plot (plots/history.png),
-    the encoder files (encoder/) and the two pyfunc encoders; returns their model URIs."""
+    the encoder files (encoder/) and the pyfunc model; returns its model URI."""
     from tnn.train.checkpoints import load_encoder, load_state
     d = Path(checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
         logger.artifact(plot_history(load_state(d)["history"], Path(tmp) / "history.png"), "plots")
     for name in ("encoder.pt", "encoder.json", "config.json"):
         logger.artifact(d / name, "encoder")
-    return log_encoders(logger, load_encoder(d))
+    return log_model(logger, load_encoder(d))
+
+
+def logged_model(run_id: str, *, tracking_uri: str | None = None):
+    """The run's newest logged pyfunc model (`log_model`); ConfigError if it has none."""
+    client = _client(tracking_uri)
+    run = client.get_run(run_id)
+    models = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_NAME}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
+    if not models:
+        raise ConfigError(f"run {run_id} has no logged encoder model "
+                          "(registry.log_checkpoint logs it)")
+    return models[0]
+
+
+def register_model(run_id: str, name: str, *, tracking_uri: str | None = None) -> str:
+    """A new version of registered model `name` from the run's model (the registered model
+    is created on first use); returns the version."""
+    from mlflow.exceptions import MlflowException
+    client = _client(tracking_uri)
+    model = logged_model(run_id, tracking_uri=tracking_uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    with using(client.tracking_uri):  # the SQL registry resolves models:/ globally
+        mv = client.create_model_version(name, source=f"models:/{model.model_id}",
+                                         run_id=run_id, model_id=model.model_id)
+    return str(mv.version)
+
+
+def get_alias(name: str, alias: str, *, tracking_uri: str | None = None) -> str | None:
+    """The version `alias` points at, None if no version has it (or no such model)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, *, tracking_uri: str | None = None) -> None:
+    """Point `alias` at `version` (one registry call: it moves or it does not)."""
+    _client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(name: str, version: str, tags: dict[str, Any], *,
+                tracking_uri: str | None = None) -> None:
+    """Set `tags` on a model version."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+class Branch:
+    """One modality of a loaded pyfunc model: `predict(x)` = `model.predict(x, params=...)`."""
+
+    def __init__(self, model, modality: str) -> None:
+        self.model, self.modality = model, modality
+        self.meta = (model.metadata.metadata or {}).get("tnn", {}).get(modality, {})
+
+    @property
+    def in_dim(self) -> int | None:
+        return self.meta.get("in_dim")
+
+    def predict(self, x) -> np.ndarray:
+        return self.model.predict(np.asarray(x, np.float32), params={"modality": self.modality})
 
 
 class Encoders(NamedTuple):
-    """What `load_encoders` returns: the two pyfunc models and where they came from."""
+    """What `load_encoders` returns: the model's two branches, where it came from, the model."""
 
-    audio: Any
-    visual: Any
-    info: dict  # {"model_uri", "name", "alias", "versions": {"audio", "visual"} | None,
-    #               "run_id", "model_ids": {"audio", "visual"} (MLflow LoggedModel ids)}
-
-
-def registered_name(name: str, modality: str) -> str:
-    return f"{name}-{modality}"
+    audio: Branch
+    visual: Branch
+    info: dict  # {"model_uri", "name", "alias", "version", "versions": {"audio": v,
+    #              "visual": v} | None (one version: both branches), "run_id", "model_id"}
+    model: Any = None  # the pyfunc model (mlflow.pyfunc.PyFuncModel)
 
 
-def logged_encoders(run_id: str, *, tracking_uri: str | None = None) -> dict:
-    """{"audio": LoggedModel, "visual": LoggedModel}: the newest of each name in the run."""
-    client = _client(tracking_uri)
-    run = client.get_run(run_id)
-    found = {}
-    for modality in MODALITIES:
-        models = client.search_logged_models(
-            [run.info.experiment_id],
-            filter_string=f"source_run_id = '{run_id}' AND name = '{modality}'",
-            order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
-        if not models:
-            raise ConfigError(f"run {run_id} has no logged '{modality}' encoder "
-                              "(registry.log_checkpoint logs them)")
-        found[modality] = models[0]
-    return found
-
-
-def register_encoders(run_id: str, name: str, *,
-                      tracking_uri: str | None = None) -> dict[str, str]:
-    """New versions of `<name>-audio` and `<name>-visual` from the run's encoders (the
-    registered models are created on first use); returns {"audio": version, "visual": version}.
-    Each version is tagged with its partner's (`visual_version` / `audio_version`)."""
+def resolve_uri(model_uri: str, uri: str) -> tuple[dict, str]:
+    """(info without model_id, artifact location) of `models:/NAME@ALIAS`,
+    `models:/NAME/VERSION` or `runs:/RUN_ID`."""
     from mlflow.exceptions import MlflowException
-    client, versions = _client(tracking_uri), {}
-    for modality, model in logged_encoders(run_id, tracking_uri=tracking_uri).items():
-        full = registered_name(name, modality)
+    client = _client(uri)
+    info = {"model_uri": model_uri, "name": None, "alias": None, "version": None,
+            "versions": None, "run_id": None}
+    rest = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    if "@" in rest or rest.count("/") == 1:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = get_alias(name, alias, tracking_uri=uri)
+            if version is None:
+                raise ConfigError(f"{model_uri}: no model version has alias {alias!r}")
+        else:
+            (name, version), alias = rest.split("/"), None
         try:
-            client.create_registered_model(full)
-        except MlflowException as err:
-            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        with using(client.tracking_uri):  # the SQL registry resolves models:/ globally
-            mv = client.create_model_version(full, source=f"models:/{model.model_id}",
-                                             run_id=run_id, model_id=model.model_id,
-                                             tags={"modality": modality})
-        versions[modality] = str(mv.version)
-    for modality, other in zip(MODALITIES, MODALITIES[::-1]):
-        client.set_model_version_tag(registered_name(name, modality), versions[modality],
-                                     f"{other}_version", versions[other])
-    return versions
-
-
-def get_alias(name: str, alias: str, *, tracking_uri: str | None = None) -> dict | None:
-    """{"audio": version, "visual": version} of `alias`, None if neither model has it;
-    ConfigError if the pair is split (one has it, or the versions were not registered together)."""
-    from mlflow.exceptions import MlflowException
-    client, found = _client(tracking_uri), {}
-    for modality in MODALITIES:
-        try:
-            found[modality] = client.get_model_version_by_alias(registered_name(name, modality),
-                                                                alias)
+            mv = client.get_model_version(name, version)
         except MlflowException:
-            found[modality] = None
-    if all(v is None for v in found.values()):
-        return None
-    versions = {m: mv and str(mv.version) for m, mv in found.items()}
-    paired = all(mv is not None for mv in found.values()) and all(
-        found[m].tags.get(f"{o}_version", versions[o]) == versions[o]
-        for m, o in zip(MODALITIES, MODALITIES[::-1]))
-    if not paired:
-        raise ConfigError(f"alias {alias!r} is split: {registered_name(name, 'audio')} version "
-                          f"{versions['audio']}, {registered_name(name, 'visual')} version "
-                          f"{versions['visual']} were not registered together")
-    return versions
-
-
-def set_alias(name: str, alias: str, versions: dict[str, str], *,
-              tracking_uri: str | None = None) -> None:
-    """Point `alias` of both encoders at `versions`; if the second fails, the first is put
-    back (to its previous version, or the alias removed), so the pair never splits."""
-    from mlflow.exceptions import MlflowException
-    client, done = _client(tracking_uri), []
-    try:
-        for modality in MODALITIES:
-            full = registered_name(name, modality)
-            try:
-                before = str(client.get_model_version_by_alias(full, alias).version)
-            except MlflowException:
-                before = None
-            client.set_registered_model_alias(full, alias, str(versions[modality]))
-            done.append((full, before))
-    except Exception:
-        for full, before in done:
-            if before is None:
-                client.delete_registered_model_alias(full, alias)
-            else:
-                client.set_registered_model_alias(full, alias, before)
-        raise
-
-
-def tag_versions(name: str, versions: dict[str, str], tags: dict[str, Any], *,
-                 tracking_uri: str | None = None) -> None:
-    """Set `tags` on both model versions of a pair."""
-    client = _client(tracking_uri)
-    for modality in MODALITIES:
-        for key, value in tags.items():
-            client.set_model_version_tag(registered_name(name, modality), versions[modality],
-                                         key, str(value))
+            raise ConfigError(f"{model_uri}: model {name!r} has no version {version!r}") from None
+        info.update(name=name, alias=alias, version=str(mv.version), run_id=mv.run_id,
+                    versions={m: str(mv.version) for m in MODALITIES})
+        return info, client.get_model_version_download_uri(name, mv.version)
+    if model_uri.startswith("runs:/"):
+        info["run_id"] = model_uri[len("runs:/"):].strip("/")
+        return info, logged_model(info["run_id"], tracking_uri=uri).artifact_location
+    raise ConfigError(f"model URI {model_uri!r}: expected models:/NAME@ALIAS, "
+                      "models:/NAME/VERSION or runs:/RUN_ID")
 
 
 def load_encoders(model_uri: str, *, tracking_uri: str | None = None) -> Encoders:
-    """The two pyfunc encoders of `models:/NAME@ALIAS` (NAME-audio@ALIAS, NAME-visual@ALIAS)
-    or `runs:/RUN_ID` (the run's logged encoders)."""
+    """The pyfunc model of `model_uri` (`resolve_uri`) with its audio and visual branches."""
     import mlflow
     uri = resolve(tracking_uri, DEFAULT_LOCAL_DIR)[0]
-    client = _client(uri)
-    info = {"model_uri": model_uri, "name": None, "alias": None, "versions": None, "run_id": None}
-    if model_uri.startswith("models:/") and "@" in model_uri:
-        info["name"], info["alias"] = model_uri[len("models:/"):].split("@", 1)
-        versions = get_alias(info["name"], info["alias"], tracking_uri=uri)
-        if versions is None:
-            raise ConfigError(f"{model_uri}: no model version has alias {info['alias']!r}")
-        mvs = {m: client.get_model_version(registered_name(info["name"], m), versions[m])
-               for m in MODALITIES}
-        runs = {mv.run_id for mv in mvs.values()}
-        if len(runs) != 1:
-            raise ConfigError(f"{model_uri}: the two encoders come from different runs {runs}")
-        info.update(versions=versions, run_id=runs.pop())
-        where = {m: client.get_model_version_download_uri(mv.name, mv.version)
-                 for m, mv in mvs.items()}
-    elif model_uri.startswith("runs:/"):
-        info["run_id"] = model_uri[len("runs:/"):].strip("/")
-        where = {m: lm.artifact_location for m, lm in
-                 logged_encoders(info["run_id"], tracking_uri=uri).items()}
-    else:
-        raise ConfigError(f"model URI {model_uri!r}: expected models:/NAME@ALIAS or runs:/RUN_ID")
-    models = {}
-    for modality, location in where.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(location, dst_path=tmp, tracking_uri=uri)
-            models[modality] = mlflow.pyfunc.load_model(local)
-    info["model_ids"] = {m: model.metadata.model_id for m, model in models.items()}
-    return Encoders(models["audio"], models["visual"], info)
+    info, location = resolve_uri(model_uri, uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(location, dst_path=tmp, tracking_uri=uri)
+        model = mlflow.pyfunc.load_model(str(check_model_dir(local)))
+    info["model_id"] = model.metadata.model_id
+    return Encoders(Branch(model, "audio"), Branch(model, "visual"), info, model)
 
 
 def smoke_model(tracking_uri: str, name: str = "tnn", data: str = "uci-mfeat",
                 alias: str = "champion") -> dict:
-    """Cluster-CCA fitted on `data`, logged and registered as NAME-audio / NAME-visual at
-    `alias` in `tracking_uri` (seconds): the model of `jobs.embed --smoke`, tests and bench.
-    Returns {"versions": {"audio", "visual"}, "run_id"}."""
+    """Cluster-CCA fitted on `data`, logged and registered as NAME at `alias` in
+    `tracking_uri` (seconds): the model of `jobs.embed --smoke`, `jobs.serve --smoke`, tests
+    and bench. Returns {"version", "versions": {"audio", "visual"}, "run_id"}."""
     from tnn.data.sources import load_source
     from tnn.methods.linear import CCAConfig, fit_linear
     p = load_source(data)
     logger, _ = open_run(tracking_uri, "embed-smoke", f"{name}-smoke")
-    log_encoders(logger, fit_linear(p, CCAConfig(), beta=0.2))
-    versions = register_encoders(logger.run_id, name, tracking_uri=tracking_uri)
-    set_alias(name, alias, versions, tracking_uri=tracking_uri)
+    log_model(logger, fit_linear(p, CCAConfig(), beta=0.2))
+    version = register_model(logger.run_id, name, tracking_uri=tracking_uri)
+    set_alias(name, alias, version, tracking_uri=tracking_uri)
     logger.finish()
-    return {"versions": versions, "run_id": logger.run_id}
+    return {"version": version, "versions": {m: version for m in MODALITIES},
+            "run_id": logger.run_id}

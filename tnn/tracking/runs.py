@@ -5,7 +5,9 @@ no process-wide active run that a worker could leave RUNNING). The driver opens 
 (`open_run`), logs the flattened resolved config as params and the config itself as an
 artifact; rank 0 of the Ray Train workers logs per-epoch metrics into the same run by id; the
 driver logs final metrics and plots and closes it. The run id travels in the job config and in
-the run's storage folder, so a restarted or resumed job appends to the same run.
+the run's storage folder, so a restarted or resumed job appends to the same run. Params,
+tags, the config artifact and error lines pass through `tnn.errors.redact`: a tracking URI
+with `user:password@` is stored and shown as `***@`.
 
 Where runs go (`resolve`): an explicit `tracking_uri`, else `$MLFLOW_TRACKING_URI`, else the
 embedded default `sqlite:///<local_dir>/mlflow.db` with artifacts in `<local_dir>/mlartifacts`
@@ -17,14 +19,16 @@ module, never the other way round).
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 from tnn.config import flatten
-from tnn.errors import ConfigError
+from tnn.errors import ConfigError, redact, redacted
 
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
 MAX_PARAM_CHARS = 6000
@@ -45,8 +49,9 @@ def resolve(tracking_uri: str | None, local_dir: str | os.PathLike) -> tuple[str
 
 
 def params_of(config: dict) -> dict[str, str]:
-    """Flattened config as MLflow params: `a.b.c -> str(value)`, None as "None"."""
-    return {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(config).items()}
+    """Flattened config as MLflow params: `a.b.c -> str(value)`, None as "None"; credentials
+    in URIs redacted (`tnn.errors.redact`)."""
+    return {key: redact(str(value))[:MAX_PARAM_CHARS] for key, value in flatten(config).items()}
 
 
 class RunLogger:
@@ -59,7 +64,7 @@ class RunLogger:
 
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
-        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
 
@@ -75,19 +80,30 @@ class RunLogger:
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def config(self, config: dict, name: str = "config.yaml") -> None:
-        """The resolved config as an artifact (YAML)."""
-        self.client.log_dict(self.run_id, config, name)
+        """The resolved config as an artifact (YAML), credentials in URIs redacted."""
+        self.client.log_dict(self.run_id, redacted(config), name)
 
     def artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        """Log a file; a text file (JSON, YAML, Markdown, CSV, text) that holds a URI with
+        credentials is logged as a redacted copy of the same name."""
+        path = Path(path)
+        text = _text(path) if path.suffix in TEXT_ARTIFACTS else None
+        if text is None or redact(text) == text:
+            self.client.log_artifact(self.run_id, str(path), folder)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / path.name).write_text(redact(text))
+            self.client.log_artifact(self.run_id, str(Path(tmp) / path.name), folder)
 
     def tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self.client.set_tag(self.run_id, key, redact(str(value)))
 
     def finish(self, status: str = "FINISHED") -> None:
-        """FINISHED, FAILED or KILLED; a later `open_run` with this id reopens it."""
-        self.client.set_terminated(self.run_id, status)
+        """FINISHED, FAILED or KILLED; a later `open_run` with this id reopens it. MLflow's
+        "View run at <tracking URI>" line is printed with the URI's credentials redacted."""
+        with redacted_stdout():
+            self.client.set_terminated(self.run_id, status)
 
     def history(self, key: str) -> list[tuple[int, float]]:
         """(step, value) of one metric, in step order (tests, reports)."""
@@ -96,6 +112,16 @@ class RunLogger:
     def data(self):
         """The run's `RunData` (params, latest metrics, tags)."""
         return self.client.get_run(self.run_id).data
+
+
+TEXT_ARTIFACTS = (".json", ".yaml", ".yml", ".md", ".csv", ".txt")
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (UnicodeDecodeError, OSError):
+        return None
 
 
 def open_run(tracking_uri: str, experiment: str, run_name: str, *, run_id: str | None = None,
@@ -119,8 +145,22 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, *, run_id: str |
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=artifact_location or resolve(tracking_uri, ".")[1])
-    run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+    run = client.create_run(exp_id, run_name=run_name,
+                            tags={k: redact(str(v)) for k, v in (tags or {}).items()})
     return RunLogger(tracking_uri, run.info.run_id), True
+
+
+@contextmanager
+def redacted_stdout():
+    """What the block prints to stdout (MLflow prints run URLs, user:password included),
+    printed after it with credentials in URIs redacted."""
+    buf = io.StringIO()
+    try:
+        with redirect_stdout(buf):
+            yield
+    finally:
+        sys.stdout.write(redact(buf.getvalue()))
+        sys.stdout.flush()
 
 
 # --- the embedded store, the global URIs, plots (the encoders as MLflow models: registry) ---
@@ -159,7 +199,7 @@ def mlflow_errors():
     try:
         yield
     except MlflowException as err:
-        raise ConfigError(f"MLflow: {err.message.splitlines()[0]}") from None
+        raise ConfigError(f"MLflow: {redact(err.message.splitlines()[0])}") from None
 
 
 def plot_history(history: list[dict], path: Path) -> Path:

@@ -1,8 +1,11 @@
 """The config of a TNN run on Ray Train (`jobs.train`, `tnn.ray.train_loop`); no Ray needed to load it.
 
-`TrainJobConfig` is the resolved job config: data and split, the method (`TNNConfig`), the
-workers and their resources, the Ray Data plan, checkpoint storage, and MLflow. It travels to
-the workers as a dict (`tnn.config.to_dict` / `from_dict`) and is saved with every checkpoint.
+`TrainJobConfig` is the resolved job config: data and split, the method (`method`: the TNN
+pipelines of the `tnn` section, or tnn-label with the `tnn_label` section), the workers and
+their resources, the Ray Data plan, checkpoint storage, and MLflow. It travels to the workers
+as a dict (`tnn.config.to_dict` / `from_dict`) and is saved with every checkpoint.
+`network_config` gives the `tnn` section the data plan (`tnn.ray.prepare`, `tnn.train.plan`)
+reads for either method.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import dataclasses
 
 from tnn.errors import ConfigError
 from tnn.methods import e2e_default
-from tnn.methods.tnn import TNNConfig
+from tnn.methods.label import LabelConfig, label_default
+from tnn.methods.tnn import TNNConfig, TrainConfig
+
+METHODS = ("tnn", "tnn-label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +42,16 @@ class TrainJobConfig:
     """Fold assignment seed (in-memory sources)."""
     subset: int = 0
     """Keep a class-balanced subset of this many clips before splitting (0 = all)."""
+    method: str = "tnn"
+    """tnn: the `tnn` section (tnn-e2e, or tnn-c-cca with tnn.pipeline=two-stage); tnn-label:
+    the `tnn_label` section (`tnn.methods.label`; the `tnn` section is then not read)."""
     tnn: TNNConfig = dataclasses.field(default_factory=e2e_default)
-    """The method; train.batch_size is the global batch (split evenly over workers)."""
+    """The TNN pipelines; train.batch_size is the global batch (split evenly over workers)."""
+    tnn_label: LabelConfig = dataclasses.field(default_factory=label_default)
+    """tnn-label (method=tnn-label); batch_size is the global batch."""
+    readout_rows: int = 20000
+    """tnn-label: the kernel part of the readout (cluster-KCCA, O(n m) with m landmarks) is
+    fitted on at most this many fit rows, a seeded random sample (all rows when fewer)."""
     workers: int = 2
     use_gpu: bool = False
     """One GPU per worker and NCCL; a flag, since the driver may sit on a CPU-only node."""
@@ -71,10 +85,14 @@ class TrainJobConfig:
     mlflow: MLflowConfig = dataclasses.field(default_factory=MLflowConfig)
 
     def __post_init__(self) -> None:
-        t = self.tnn.train
-        if self.workers < 1 or t.batch_size % self.workers:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+        label = self.method == "tnn-label"
+        batch = self.tnn_label.batch_size if label else self.tnn.train.batch_size
+        if self.workers < 1 or batch % self.workers:
             raise ConfigError(f"workers={self.workers} must be >= 1 and divide "
-                              f"tnn.train.batch_size={t.batch_size} (the global batch)")
+                              f"{'tnn_label' if label else 'tnn.train'}.batch_size={batch} "
+                              "(the global batch)")
         if self.tnn.ensemble != 1:
             raise ConfigError("tnn.ensemble > 1 is single-process only (jobs.crossval)")
         if not 0 <= self.test_fold < self.folds:
@@ -83,4 +101,20 @@ class TrainJobConfig:
             raise ConfigError(f"shuffle={self.shuffle!r}: expected epoch, once or local")
         if self.cpus_per_worker <= 0 or self.read_cpus <= 0 or self.subset < 0:
             raise ConfigError("cpus_per_worker and read_cpus must be > 0, subset >= 0")
+        if self.readout_rows < 2:
+            raise ConfigError(f"readout_rows={self.readout_rows} must be >= 2")
+
+
+def network_config(cfg: TrainJobConfig) -> TrainJobConfig:
+    """`cfg` with the `tnn` section the data plan reads: itself for method tnn; for tnn-label,
+    an e2e section (standardised inputs, no projection) with tnn_label's standardisation
+    (cca), global batch, validation split (val_fraction, seed) and epochs/patience."""
+    if cfg.method != "tnn-label":
+        return cfg
+    lab = cfg.tnn_label
+    train = TrainConfig(epochs=lab.epochs, batch_size=lab.batch_size, lr=lab.lr,
+                        weight_decay=lab.weight_decay, margin=lab.margin, distance="cosine",
+                        val_fraction=lab.val_fraction, patience=lab.patience, seed=lab.seed)
+    return dataclasses.replace(cfg, tnn=TNNConfig(pipeline="e2e", preset="wide_bn",
+                                                  cca=lab.cca, train=train))
 

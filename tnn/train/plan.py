@@ -13,21 +13,28 @@ import numpy as np
 from tnn.core.folds import assign_folds, split, validation_split
 from tnn.data.pairs import Pairs
 from tnn.data.sources import load_source
-from tnn.train.config import TrainJobConfig
+from tnn.train.config import TrainJobConfig, network_config
 
 
-def split_in_memory(cfg: TrainJobConfig) -> tuple[Pairs, Pairs, Pairs]:
-    """(fit, val, test) exactly as `jobs.crossval` + `fit_tnn` split an in-memory source."""
+def train_test(cfg: TrainJobConfig) -> tuple[Pairs, Pairs]:
+    """(training folds, test fold) of an in-memory source, as `jobs.crossval` splits it: what
+    a single-process fit (`fit_tnn`, `fit_label`) of the same run would be given."""
     pairs = load_source(cfg.data)
     if cfg.subset and cfg.subset < pairs.n:
         pairs = pairs.subset(validation_split(pairs.labels, cfg.subset / pairs.n, cfg.seed)[1])
     folds = pairs.folds if pairs.folds is not None and len(np.unique(pairs.folds)) == cfg.folds \
         else assign_folds(pairs.labels, cfg.folds, cfg.seed)
     tr, te = split(folds, cfg.test_fold)
-    train = pairs.subset(tr)
-    t = cfg.tnn.train
+    return pairs.subset(tr), pairs.subset(te)
+
+
+def split_in_memory(cfg: TrainJobConfig) -> tuple[Pairs, Pairs, Pairs]:
+    """(fit, val, test) exactly as `jobs.crossval` + `fit_tnn` (or `fit_label`) split an
+    in-memory source."""
+    train, test = train_test(cfg)
+    t = network_config(cfg).tnn.train  # tnn-label: its own validation split
     fit_idx, val_idx = validation_split(train.labels, t.val_fraction, t.seed)
-    return train.subset(fit_idx), train.subset(val_idx), pairs.subset(te)
+    return train.subset(fit_idx), train.subset(val_idx), test
 
 
 def split_ids(cfg: TrainJobConfig, ids: np.ndarray, labels: np.ndarray,
@@ -38,5 +45,6 @@ def split_ids(cfg: TrainJobConfig, ids: np.ndarray, labels: np.ndarray,
         keep = validation_split(labels, cfg.subset / len(ids), cfg.seed)[1]
         ids, labels, folds = ids[keep], labels[keep], folds[keep]
     tr, te = split(folds, cfg.test_fold)
-    fit_idx, val_idx = validation_split(labels[tr], cfg.tnn.train.val_fraction, cfg.tnn.train.seed)
+    t = network_config(cfg).tnn.train  # tnn-label: its own validation split
+    fit_idx, val_idx = validation_split(labels[tr], t.val_fraction, t.seed)
     return ids[tr][fit_idx], ids[tr][val_idx], ids[te]

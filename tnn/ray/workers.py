@@ -1,0 +1,73 @@
+"""What the Ray Train worker loops share (`tnn.ray.train_loop` for the TNN pipelines,
+`tnn.ray.label_loop` for tnn-label): seeds, held-out scores, BatchNorm statistics across ranks,
+the per-epoch MLflow logger, and the report that carries rank 0's checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import numpy as np
+import ray.train
+import torch
+from torch import nn
+
+from tnn.config import to_dict
+from tnn.core.encoder import Encoder
+from tnn.core.metrics import cross_modal_scores
+from tnn.data.pairs import Pairs
+from tnn.train import distributed as tdist
+from tnn.train.checkpoints import save_checkpoint
+from tnn.train.config import TrainJobConfig
+
+
+def seed_of(*parts: int) -> int:
+    """One 32-bit seed from (train seed, epoch, rank, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def scores(encoder: Encoder, held: Pairs, prefix: str) -> dict:
+    """Retrieval scores over the whole held-out part (on the CPU, where `Encoder.embed_*` run)."""
+    if any(t.device.type != "cpu" for t in (*encoder.parameters(), *encoder.buffers())):
+        encoder = copy.deepcopy(encoder).cpu()
+    s = cross_modal_scores(encoder.embed_audio(held.audio), encoder.embed_visual(held.visual),
+                           held.labels)
+    out = {f"{prefix}_{k}": float(s[k]) for k in ("a2v_map", "v2a_map", "mrr1_a2v", "mrr1_v2a")}
+    return {**out, f"{prefix}_map": 0.5 * (out[f"{prefix}_a2v_map"] + out[f"{prefix}_v2a_map"])}
+
+
+def shared_val_map(val_map: float | None, device: torch.device) -> float:
+    """Rank 0's validation MAP on every rank (the others pass None): one all-reduce, so that
+    every rank takes the same early-stopping decision."""
+    return float(tdist.all_reduce_sum(torch.tensor(val_map or 0.0, dtype=torch.float64,
+                                                   device=device)))
+
+
+def average_buffers(net: nn.Module) -> None:
+    """Local BatchNorm statistics -> their mean over ranks (CPU runs, no SyncBatchNorm)."""
+    with torch.no_grad():
+        for buf in net.buffers():
+            if buf.is_floating_point():
+                buf.copy_(tdist.all_reduce_sum(buf) / tdist.world_size())
+
+
+def epoch_logger(cfg: TrainJobConfig):
+    """Rank 0's MLflow logger of the job's run, or None (MLflow off, or no run id)."""
+    if not (cfg.mlflow.enabled and cfg.mlflow.run_id and cfg.mlflow.tracking_uri):
+        return None
+    from tnn.tracking.runs import RunLogger
+    return RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.run_id)
+
+
+def report(metrics: dict, rank: int, state: dict, cfg: TrainJobConfig,
+           encoder: Encoder | None, num_classes: int) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint: `state` and `encoder`
+    (`tnn.train.checkpoints`), named after the epoch (`-final` once the run is done)."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    name = f"epoch-{state['epoch']:04d}" + ("-final" if state["done"] else "")
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(d, state, to_dict(cfg), encoder, cfg.tnn, num_classes)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=name)
