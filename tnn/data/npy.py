@@ -65,7 +65,8 @@ def read_npy(path: str | Path, what: str | None = None) -> np.ndarray:
             if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 zipped = zipfile.is_zipfile(f)
                 raise DataError(f"{where}: " + ("an .npz archive, not a .npy array" if zipped
-                                                else "not a .npy array"))
+                                                else "not a readable .npy array (no .npy "
+                                                "header)"))
             f.seek(0)
             return _array(f, os.fstat(f.fileno()).st_size, where)
     except FileNotFoundError:

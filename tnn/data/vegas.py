@@ -37,6 +37,7 @@ import numpy as np
 from tnn.core.folds import assign_folds
 from tnn.errors import DataError
 from tnn.data.pairs import Pairs, make_pairs
+from tnn.data.npy import read_npy
 from tnn.data.paths import check_name
 
 AUTHORS_DIRS = ("vgg", "inception", "VEGAS_classes", "folds")
@@ -113,6 +114,14 @@ def clip_file(folder: Path, cid: str, where: Path) -> Path:
     return folder / (check_name(str(cid), str(where), "clip id") + ".npy")
 
 
+def clip_npy(path: Path, cid: str, what: str) -> np.ndarray:
+    """One clip's .npy (`tnn.data.npy.read_npy`: nothing unpickled, the header's size checked
+    against the file before allocating); `DataError` naming the file and the clip."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what} file for clip {cid!r}")
+    return read_npy(path, f"{path}: clip {cid!r}")
+
+
 def _feature_reader(root: Path, audio: str, visual: str, ids: np.ndarray, where: Path):
     """`read(a, b)` of a folder-per-modality layout: one .npy per clip and modality."""
     paths = [(clip_file(root / audio, c, where), clip_file(root / visual, c, where))
@@ -120,13 +129,7 @@ def _feature_reader(root: Path, audio: str, visual: str, ids: np.ndarray, where:
     first: list[tuple[int, str]] = []  # (width, clip) of the first clip, per modality
 
     def one(path: Path, cid: str, m: int) -> np.ndarray:
-        if not path.is_file():
-            raise DataError(f"{path}: missing feature file for clip {cid!r}")
-        try:
-            frames = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise DataError(f"{path}: clip {cid!r}: not a readable .npy file ({err})") from None
-        row = pool_clip(frames, str(path))
+        row = pool_clip(clip_npy(path, cid, "feature"), str(path))
         if not np.isfinite(row).all():
             raise DataError(f"{path}: clip {cid!r} has NaN or inf values")
         if len(first) <= m:
@@ -194,13 +197,7 @@ def read_folds(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _class_of(path: Path, cid: str) -> int:
     """A clip's class from its VEGAS_classes file: an integer scalar or a one-hot vector."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing label file for clip {cid!r}")
-    try:
-        y = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: clip {cid!r}: not a readable .npy file ({err})") from None
-    y = np.asarray(y).ravel()
+    y = clip_npy(path, cid, "label").ravel()
     if y.dtype.kind not in "iufb" or len(y) == 0:
         raise DataError(f"{path}: clip {cid!r}: label must be a number; got {y.dtype} {y.shape}")
     if len(y) == 1:
