@@ -39,10 +39,10 @@ from tnn.config import from_dict
 from tnn.core.folds import validation_split
 from tnn.data.pairs import Pairs
 from tnn.methods.label import ProxyNet
-from tnn.methods.loop import fit_epochs, new_state, restore_best
+from tnn.methods.loop import new_state, restore_best
 from tnn.methods.tnn import check_finite
 from tnn.ray.prepare import Prepared
-from tnn.ray.workers import average_buffers, epoch_logger, report, scores, seed_of, shared_val_map
+from tnn.ray.workers import epoch_logger, report, run_epochs, scores, seed_of, shared_val_map
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state
 from tnn.train.config import TrainJobConfig
@@ -56,25 +56,9 @@ def train_loop_per_worker(config: dict) -> None:
     if run.state["done"]:  # a finished run launched again: report its result, train nothing
         ray.train.report(run.state["final"])
         return
-    lab, shard, started = run.cfg.tnn_label, ray.train.get_dataset_shard("fit"), time.perf_counter()
-
-    def one_epoch(epoch: int) -> dict:
-        if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
-            raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
-        torch.manual_seed(seed_of(lab.seed, epoch, run.rank))  # dropout masks: resumable
-        metrics = label_epoch(run, shard, config["local_batch"], epoch)
-        if run.world > 1 and not run.sync_bn:
-            average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
-        return metrics
-
-    def on_epoch(state: dict, metrics: dict) -> None:
-        if run.logger:
-            run.logger.metrics(metrics, step=metrics["epoch"])
-        _report(run, metrics)
-
-    fit_epochs(run.net, one_epoch,
-               lambda: {**_evaluate(run), "elapsed_s": time.perf_counter() - started},
-               epochs=lab.epochs, patience=lab.patience, state=run.state, on_epoch=on_epoch)
+    lab, shard = run.cfg.tnn_label, ray.train.get_dataset_shard("fit")
+    run_epochs(run, lambda epoch: label_epoch(run, shard, config["local_batch"], epoch),
+               _evaluate, _report, seed=lab.seed, epochs=lab.epochs, patience=lab.patience)
     _finish(run)
 
 

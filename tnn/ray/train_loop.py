@@ -44,11 +44,11 @@ from torch import nn
 from tnn.config import from_dict, to_dict
 from tnn.core.encoder import Encoder
 from tnn.errors import ConfigError
-from tnn.methods.loop import fit_epochs, new_state, restore_best
+from tnn.methods.loop import new_state, restore_best
 from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
 from tnn.ray import label_loop
 from tnn.ray.prepare import Prepared
-from tnn.ray.workers import average_buffers, epoch_logger, report, scores, seed_of, shared_val_map
+from tnn.ray.workers import epoch_logger, report, run_epochs, scores, seed_of, shared_val_map
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state, storage_of, widths
 from tnn.train.config import TrainJobConfig
@@ -64,27 +64,14 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(run.state["final"])
         return
     t, shard, rows_seen = run.cfg.tnn.train, ray.train.get_dataset_shard("fit"), []
-    started = time.perf_counter()
 
-    def one_epoch(epoch: int) -> dict:
-        if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
-            raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
-        torch.manual_seed(seed_of(t.seed, epoch, run.rank))  # dropout masks: resumable
-        metrics = train_epoch(run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
-                              (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device,
-                              rows_seen)
-        if run.world > 1 and not run.sync_bn:
-            average_buffers(run.net)  # local BatchNorm statistics -> their mean over ranks
-        return metrics
+    def train_one(epoch: int) -> dict:
+        return train_epoch(run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
+                           (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device,
+                           rows_seen)
 
-    def report(state: dict, metrics: dict) -> None:
-        if run.logger:
-            run.logger.metrics(metrics, step=metrics["epoch"])
-        _report(run, metrics)
-
-    fit_epochs(run.net, one_epoch,
-               lambda: {**_evaluate(run), "elapsed_s": time.perf_counter() - started},
-               epochs=t.epochs, patience=t.patience, state=run.state, on_epoch=report)
+    run_epochs(run, train_one, _evaluate, _report, seed=t.seed, epochs=t.epochs,
+               patience=t.patience)
     _finish(run)
     if config.get("record_rows"):
         np.save(Path(config["record_rows"]) / f"rows-rank{run.rank}.npy", np.stack(rows_seen))

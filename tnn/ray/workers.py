@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
+from typing import Callable
 
 import numpy as np
 import ray.train
@@ -16,6 +18,7 @@ from tnn.config import to_dict
 from tnn.core.encoder import Encoder
 from tnn.core.metrics import cross_modal_scores
 from tnn.data.pairs import Pairs
+from tnn.methods.loop import fit_epochs
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import save_checkpoint
 from tnn.train.config import TrainJobConfig
@@ -71,3 +74,33 @@ def report(metrics: dict, rank: int, state: dict, cfg: TrainJobConfig,
         save_checkpoint(d, state, to_dict(cfg), encoder, cfg.tnn, num_classes)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                          checkpoint_dir_name=name)
+
+
+def run_epochs(run, train_one: Callable[[int], dict], evaluate: Callable[[object], dict],
+               report_epoch: Callable[[object, dict], None], *, seed: int, epochs: int,
+               patience: int) -> None:
+    """The epoch loop both worker loops share, through `tnn.methods.loop.fit_epochs`: the
+    injected failure (`fail_at_epoch`, last rank, first launch only), per-epoch seeds (dropout
+    masks resume alike), `train_one(epoch)`, BatchNorm statistics averaged over ranks (no
+    SyncBatchNorm), validation with the elapsed time, and each epoch's metrics to MLflow (rank
+    0's logger) and `report_epoch(run, metrics)`. `run` is the loop's per-worker state (cfg,
+    rank, world, net, state, logger, resumed, sync_bn)."""
+    started = time.perf_counter()
+
+    def one_epoch(epoch: int) -> dict:
+        if run.cfg.fail_at_epoch == epoch and not run.resumed and run.rank == run.world - 1:
+            raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
+        torch.manual_seed(seed_of(seed, epoch, run.rank))
+        metrics = train_one(epoch)
+        if run.world > 1 and not run.sync_bn:
+            average_buffers(run.net)
+        return metrics
+
+    def on_epoch(state: dict, metrics: dict) -> None:
+        if run.logger:
+            run.logger.metrics(metrics, step=metrics["epoch"])
+        report_epoch(run, metrics)
+
+    fit_epochs(run.net, one_epoch,
+               lambda: {**evaluate(run), "elapsed_s": time.perf_counter() - started},
+               epochs=epochs, patience=patience, state=run.state, on_epoch=on_epoch)
