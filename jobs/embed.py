@@ -9,8 +9,8 @@
         python -m jobs.embed --model models:/tnn@champion --data s3://bucket/tnn/vegas \\
         --out s3://bucket/tnn/index/vegas --gpu --concurrency 4
 
-Ray Data streams the data through encoder actors holding the two pyfunc encoders of the
-model (resolved once; an alias moved mid-job is refused) and the driver writes the index as
+Ray Data streams the data through encoder actors running the model's two branches (loaded
+once by the driver, shipped as exported programs) and the driver writes the index as
 the batches arrive, memory bounded by the batch size and --object-store-mib:
 `tnn.ray.embed.embed`. Prints progress lines and ends with `embed: wrote N rows (K-d) in S
 shards to OUT from NAME@ALIAS (audio vA, visual vV, run R) in T s, X clips/s`.

@@ -10,8 +10,9 @@ subset, test_fold; `--data` / `--fold` override), split exactly as `jobs.train` 
 embedded by the MLflow pyfunc encoders (no tnn model code involved). MAP both directions,
 MRR@1, precision@k and the PR curve are logged as a run of experiment tnn-evaluate, tagged
 with the model name, alias, versions and the source run; the model versions get a tag naming
-that run. MLflow location: --tracking-uri, else MLFLOW_TRACKING_URI, else ./runs/mlflow. The
-last line is `evaluate: <model> on <data> fold K (N clips): a->v MAP ... v->a MAP ... (mean
+that run. MLflow location: --tracking-uri, else MLFLOW_TRACKING_URI, else ./runs/mlflow. The line
+before the last is the command that opens the run (`mlflow ui --backend-store-uri ...`); the
+last is `evaluate: <model> on <data> fold K (N clips): a->v MAP ... v->a MAP ... (mean
 ...) MRR@1 ... / ..., run <evaluation run id>`. The work is `tnn.tracking.evaluation.evaluate`.
 """
 
@@ -23,7 +24,7 @@ import time
 from jobs.common import JobParser, emit_error, print_config
 from tnn.errors import TnnError
 from tnn.tracking import evaluation
-from tnn.tracking.runs import mlflow_errors
+from tnn.tracking.runs import DEFAULT_LOCAL_DIR, mlflow_errors, resolve, ui_command
 
 JOB = "evaluate"
 
@@ -33,7 +34,8 @@ def parse_args(argv):
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="models:/NAME@ALIAS (or /VERSION) or runs:/RUN_ID")
     which.add_argument("--run", help="a training run id: the encoders logged with it")
-    ap.add_argument("--data", help="data source or shard URI (default: the run's)")
+    ap.add_argument("--data", "--source", dest="data",
+                    help="data source or shard URI (default: the run's)")
     ap.add_argument("--fold", type=int, help="test fold (default: the run's test_fold)")
     ap.add_argument("--tracking-uri", help="MLflow (default MLFLOW_TRACKING_URI or ./runs/mlflow)")
     ap.add_argument("--experiment", default=evaluation.EXPERIMENT)
@@ -57,6 +59,9 @@ def main(argv=None) -> int:
     except TnnError as err:
         return emit_error(JOB, err)
     s, split, model = out["scores"], out["split"], cfg.model
+    uri = resolve(cfg.tracking_uri, DEFAULT_LOCAL_DIR)[0]
+    print(f"{JOB}: MLflow run {out['run_id']} in experiment {cfg.experiment}; open it with: "
+          f"{ui_command(uri)}", flush=True)
     print(f"{JOB}: {model} on {split['data']} fold {split.get('test_fold', 0)} ({out['clips']} "
           f"clips): a->v MAP {s['a2v_map']:.4f} v->a MAP {s['v2a_map']:.4f} (mean "
           f"{s['map']:.4f}) MRR@1 {s['mrr1_a2v']:.4f} / {s['mrr1_v2a']:.4f} in "

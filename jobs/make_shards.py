@@ -1,12 +1,12 @@
 """Write any data source as Parquet shards plus a manifest, locally or on S3.
 
-    python -m jobs.make_shards --source uci-mfeat --out s3://bucket/tnn/mfeat
-    python -m jobs.make_shards --source synthetic:1000000 --out /data/syn1m --rows-per-shard 50000
+    python -m jobs.make_shards --data uci-mfeat --out s3://bucket/tnn/mfeat
+    python -m jobs.make_shards --data synthetic:1000000 --out /data/syn1m --rows-per-shard 50000
     python -m jobs.make_shards --smoke              # 2,000 synthetic rows to a temp dir, read back
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
-        python -m jobs.make_shards --source synthetic:200000 --out s3://bucket/tnn/syn200k
+        python -m jobs.make_shards --data synthetic:200000 --out s3://bucket/tnn/syn200k
 
-SOURCE is anything `tnn.data.sources.load_source` takes: `uci-mfeat[:A,B]`, `npz:PATH`,
+The data (`--data`) is anything `tnn.data.sources.load_source` takes: `uci-mfeat[:A,B]`, `npz:PATH`,
 `vegas:DIR`, `synthetic:N` / `synthetic:n=N,seed=S,...` or a shard URI (re-shard). Folds are
 class-balanced, `assign_folds(labels, --folds, --seed)`, stored per row. Synthetic sets are
 streamed (labels first, then features chunk by chunk): memory does not grow with N. The
@@ -17,7 +17,8 @@ leaves no manifest and readers refuse the half-written set. An existing data set
 shards) at --out is refused unless --overwrite. S3 is configured the AWS way (environment,
 profiles; AWS_ENDPOINT_URL or --endpoint-url for S3-compatible stores); nothing logs secrets.
 
-Prints `make_shards: 40960/200000 rows, 11000 rows/s` progress lines and ends with
+`--source` is an alias of `--data`. Prints a progress line per shard written
+(`make_shards: shard 3/8 written: 75000/200000 rows, 11000 rows/s, ~11 s left`) and ends with
 `make_shards: wrote 200000 rows in 8 shards to s3://bucket/tnn/syn200k (folds=5, seed=0)`.
 """
 
@@ -40,7 +41,9 @@ JOB = "make_shards"
 def parse_args(argv):
     ap = JobParser(prog="python -m jobs.make_shards",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--source", help="data source, e.g. uci-mfeat, npz:PATH, synthetic:200000")
+    ap.add_argument("--data", "--source", dest="source",
+                    help="data source, e.g. uci-mfeat, npz:PATH, synthetic:200000 (--source: "
+                    "the same)")
     ap.add_argument("--out", help="s3://bucket/prefix or a local directory")
     ap.add_argument("--rows-per-shard", type=at_least(1), default=25_000,
                     help="rows per Parquet file (default 25000: ~115 MB at 128 + 1024 floats)")
@@ -70,11 +73,11 @@ def run(args) -> str:
         if not out:
             out = temp = tempfile.mkdtemp(prefix="tnn-shards-smoke-")
     if not source or not out:
-        raise DataError("--source and --out are required (or use --smoke)")
+        raise DataError("--data and --out are required (or use --smoke)")
     if "\x00" in source + out:
-        raise DataError(f"--source {source!r} / --out {out!r}: a path cannot hold a NUL character")
+        raise DataError(f"--data {source!r} / --out {out!r}: a path cannot hold a NUL character")
     if source.rstrip("/") == out.rstrip("/"):
-        raise DataError(f"--source and --out are the same ({out}); write to a new prefix")
+        raise DataError(f"--data and --out are the same ({out}); write to a new prefix")
     if out.startswith("s3://"):
         print(f"{JOB}: storage {settings.describe()}", flush=True)
     t0 = time.perf_counter()

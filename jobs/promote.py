@@ -11,8 +11,11 @@ higher by more than --min-improvement (or there is no champion): `tnn.tracking.p
 (the steps in its docstring). Then `mlflow models serve -m models:/NAME@champion` or
 `python -m jobs.serve` serves it.
 
-MLflow location: --tracking-uri, else MLFLOW_TRACKING_URI, else ./runs/mlflow. The last line
-is `promote: promoted|kept ...` with both MAPs and the reason.
+MLflow location: --tracking-uri, else MLFLOW_TRACKING_URI, else ./runs/mlflow (the
+evaluation runs go to experiment tnn-evaluate; --experiment names where the best run is
+looked for). The line before the last is the command that opens the runs (`mlflow ui
+--backend-store-uri ...`); the last is `promote: promoted|kept ...` with both MAPs and the
+reason.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import sys
 
 from jobs.common import JobParser, emit_error, print_config
 from tnn.errors import TnnError
-from tnn.tracking.evaluation import SMOKE_CLIPS
+from tnn.tracking.evaluation import EXPERIMENT, SMOKE_CLIPS
 from tnn.tracking.promotion import PromoteConfig, promote
-from tnn.tracking.runs import mlflow_errors
+from tnn.tracking.runs import DEFAULT_LOCAL_DIR, mlflow_errors, resolve, ui_command
 
 JOB = "promote"
 
@@ -54,6 +57,9 @@ def main(argv=None) -> int:
             out = promote(cfg)
     except TnnError as err:
         return emit_error(JOB, err)
+    uri = resolve(cfg.tracking_uri, DEFAULT_LOCAL_DIR)[0]
+    print(f"{JOB}: evaluation runs {', '.join(out['evaluation_runs'])} in experiment "
+          f"{EXPERIMENT}; open them with: {ui_command(uri)}", flush=True)
     old = "none" if out["champion_map"] is None else f"{out['champion_map']:.4f}"
     head = "promoted: champion is now" if out["promoted"] else "kept: champion stays"
     version = out["challenger"] if out["promoted"] else out["champion_before"]

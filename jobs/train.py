@@ -7,15 +7,17 @@
         --set run_name=mfeat-e2e             # the same run_name again resumes that run
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python -m jobs.train --config jobs/configs/two_stage.yaml \\
-        --set storage_path=s3://bucket/tnn/runs --set mlflow.tracking_uri=http://MLFLOW:5000
+        --set storage_path=s3://bucket/tnn/runs --tracking-uri http://MLFLOW:5000
 
 The default method is tnn-e2e (`tnn.methods`), the default data the bundled uci-mfeat with
 fold 0 as the test fold; the config is printed resolved at start and saved with the MLflow
-run (SQLite store under ./runs/mlflow unless MLFLOW_TRACKING_URI or mlflow.tracking_uri says
-otherwise), with the history plot, the encoder files and the two MLflow pyfunc encoders
+run (SQLite store under ./runs/mlflow unless --tracking-uri or MLFLOW_TRACKING_URI says
+otherwise; source and git-commit tags, the data set as its input), with the history plot,
+the encoder files and the two MLflow pyfunc encoders
 (`audio`, `visual`: raw features -> unit embeddings; `tnn.tracking.registry.log_checkpoint`) that
 `jobs.promote` registers and `jobs.evaluate` scores. On a cluster, storage_path and the
-tracking URI must be reachable from every node (s3://, an MLflow server). The last line is
+tracking URI must be reachable from every node (s3://, an MLflow server). The line before
+the last is the command that opens the run (`mlflow ui --backend-store-uri ...`); the last is
 `train: test fold 0 a->v MAP 0.xxxx v->a MAP 0.xxxx (mean 0.xxxx) in N s, run <mlflow run id>`.
 """
 
@@ -43,17 +45,25 @@ def parse_args(argv):
                     "jobs/configs/two_stage.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override, e.g. --set tnn.train.epochs=20 --set workers=1")
-    ap.add_argument("--data", help="data source or shard URI (default uci-mfeat)")
+    ap.add_argument("--data", "--source", dest="data",
+                    help="data source or shard URI (default uci-mfeat)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (sets mlflow.tracking_uri; "
+                    "else $MLFLOW_TRACKING_URI, else sqlite under ./runs/mlflow)")
+    ap.add_argument("--experiment", help="MLflow experiment (sets mlflow.experiment, default "
+                    "tnn-train; --set mlflow.enabled=false: no MLflow run)")
     ap.add_argument("--smoke", action="store_true", help="jobs/configs/smoke.yaml first")
     return ap.parse_args(argv)
 
 
 def build_config(args):
-    """Defaults <- smoke.yaml (--smoke) <- --config <- --data <- --set; a run name if none."""
+    """Defaults <- smoke.yaml (--smoke) <- --config <- --data, --tracking-uri, --experiment
+    <- --set; a run name if none."""
     from tnn.train.config import TrainJobConfig
     presets = ([CONFIGS / "smoke.yaml"] if args.smoke else []) + \
         ([args.config] if args.config else [])
-    sets = ([("data", args.data)] if args.data else []) + list(args.set)  # --data: a string
+    sets = [(key, value) for key, value in (  # option values are strings, not YAML
+        ("data", args.data), ("mlflow.tracking_uri", args.tracking_uri),
+        ("mlflow.experiment", args.experiment)) if value is not None] + list(args.set)
     cfg = load(TrainJobConfig, presets, sets, search=CONFIGS)  # `--config two_stage.yaml`
     if not cfg.run_name:
         cfg = dataclasses.replace(cfg, run_name=time.strftime("tnn-train-%Y%m%d-%H%M%S"))
@@ -70,7 +80,8 @@ def start_tracking(cfg):
     run_id = cfg.mlflow.run_id or (previous.get("mlflow_run_id")
                                    if previous.get("tracking_uri") == redact(uri) else None)
     logger, created = tracking.open_run(uri, cfg.mlflow.experiment, cfg.run_name, run_id=run_id,
-                                        artifact_location=artifacts, tags={"job": JOB})
+                                        artifact_location=artifacts, tags={"job": JOB},
+                                        data=cfg.data)
     cfg = dataclasses.replace(cfg, mlflow=dataclasses.replace(
         cfg.mlflow, tracking_uri=uri, run_id=logger.run_id))
     if created:
@@ -110,6 +121,9 @@ def main(argv=None) -> int:
     finally:
         shutdown(started)
     m = result.metrics
+    if cfg.mlflow.run_id:
+        print(f"{JOB}: MLflow run {cfg.mlflow.run_id} in experiment {cfg.mlflow.experiment}; "
+              f"open it with: {tracking.ui_command(cfg.mlflow.tracking_uri)}", flush=True)
     print(f"{JOB}: test fold {cfg.test_fold} a->v MAP {m['test_a2v_map']:.4f} v->a MAP "
           f"{m['test_v2a_map']:.4f} (mean {m['test_map']:.4f}) in "
           f"{time.perf_counter() - start:.0f} s, run {cfg.mlflow.run_id or '-'}", flush=True)

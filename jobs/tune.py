@@ -3,12 +3,15 @@
     python -m jobs.tune --space tune_spaces/margin_cca.yaml --out docs/results/tune
     python -m jobs.tune --space tune_spaces/margin_cca.yaml --smoke   # 4 short trials, ~2 min
     python -m jobs.tune --space tune_spaces/e2e.yaml --trials 24 --experiment e2e-search \\
-        --data s3://bucket/tnn/mfeat --set base.storage_path=s3://bucket/tnn/tune
+        --data s3://bucket/tnn/mfeat --set storage_path=s3://bucket/tnn/tune
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python -m jobs.tune --space tune_spaces/margin_cca.yaml --data s3://bucket/tnn/vegas \\
-        --tracking-uri http://mlflow:5000 --set base.storage_path=s3://bucket/tnn/tune \\
+        --tracking-uri http://mlflow:5000 --set storage_path=s3://bucket/tnn/tune \\
         --set budget.use_gpu=true --set budget.cpus_per_worker=4
 
+`--set` takes jobs.train's keys for what every trial shares (`--set tnn.train.epochs=10`,
+the space's `base`; the old `base.tnn.train.epochs=10` still works and prints a deprecation
+line) and the space's own keys (`budget.*`, `scheduler.*`, `metric`, `method`).
 The space (`tnn.ray.tune_space.SearchSpace`) is checked against the data (class count, widths)
 before Ray starts; the search is `tnn.ray.tune_search.run_search`. Locally Ray gets a
 `trial_slot` resource for the trial drivers; on a cluster without it each trial driver takes
@@ -16,10 +19,10 @@ a CPU (printed). MLflow (`--tracking-uri`, else $MLFLOW_TRACKING_URI, else SQLit
 ./runs/mlflow): one parent run per search, one child run per trial (tag mlflow.parentRunId; params, per-epoch metrics, finished trials' models);
 children of trials the scheduler stopped end KILLED (failed ones FAILED); the parent gets the
 best trial's params, scores and run id (tag best_child_run_id) and the plots MAP against
-margin and against CCA dimension, also written with tune.json and tune.md to --out. The last
-line is
-`tune: best val_map 0.xxxx (test 0.xxxx) at tnn.train.margin=..., ... of N trials (F finished,
-S stopped, E failed) in N s, parent run <id>`.
+margin and against CCA dimension, also written with tune.json and tune.md to --out. The line
+before the last is the command that opens the runs (`mlflow ui --backend-store-uri ...`); the
+last is `tune: best val_map 0.xxxx (test 0.xxxx) at tnn.train.margin=..., ... of N trials
+(F finished, S stopped, E failed) in N s, parent run <id>`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tnn.ray import tune_search
 from tnn.ray import tune_space as ts
 from tnn.ray.session import init_ray, shutdown
 from tnn.ray.tune_report import counts
+from tnn.tracking.runs import ui_command
 
 JOB = "tune"
 
@@ -42,14 +46,16 @@ JOB = "tune"
 def parse_args(argv):
     ap = JobParser(prog="python -m jobs.tune", description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="tune_spaces/margin_cca.yaml", help="search space YAML")
-    ap.add_argument("--data", help="data source or shard URI (sets base.data)")
+    ap.add_argument("--data", "--source", dest="data",
+                    help="data source or shard URI (the trials' data)")
     ap.add_argument("--trials", type=at_least(1),
                     help="trials in all (a multiple of the grid's size)")
     ap.add_argument("--experiment", default="tnn-tune", help="MLflow experiment")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, "
                     "else sqlite under base.mlflow.local_dir)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="space override, e.g. --set base.tnn.train.epochs=10")
+                    help="override: a training key as for jobs.train (every trial's, e.g. "
+                    "--set tnn.train.epochs=10) or a space key (--set budget.use_gpu=true)")
     ap.add_argument("--out", help="also write tune.json, tune.md and the plots here")
     ap.add_argument("--smoke", action="store_true", help="first two values of each grid/choice, "
                     "600 clips, 3 epochs, grace 1")
@@ -66,6 +72,9 @@ def main(argv=None) -> int:
     start, started = time.perf_counter(), False
     try:
         args = parse_args(argv)
+        args.set, notes = ts.space_overrides(args.set)
+        for note in notes:
+            print(note, flush=True)
         space, job = build(args)
         print(f"{JOB}: resolved space\n  " + yaml.safe_dump(
             ts.space_dict(space), sort_keys=False, default_flow_style=None).rstrip().replace(
@@ -80,6 +89,8 @@ def main(argv=None) -> int:
     finally:
         shutdown(started)
     n = counts(rows)
+    print(f"{JOB}: MLflow parent run {report['parent_run_id']} in experiment {args.experiment}; "
+          f"open it with: {ui_command(report['tracking_uri'])}", flush=True)
     where = ", ".join(f"{k}={v}" for k, v in best["params"].items()) if best else "-"
     score = f"{best[space.metric]:.4f} (test {best.get('test_map', float('nan')):.4f})" \
         if best else "-"

@@ -77,7 +77,8 @@ def test_ave_crossval_end_to_end_on_their_split(tmp_path, capsys):
     write_ave_release(tmp_path / "a", channels=16)
     out = tmp_path / "r.json"
     assert crossval.main(["--data", f"ave:{tmp_path / 'a'}", "--methods", "c-cca",
-                          "--folds", "3", "--dim", "3", "--json", str(out)]) == 0
+                          "--folds", "3", "--dim", "3", "--json", str(out),
+                          "--set", "mlflow.enabled=false"]) == 0
     res = json.loads(out.read_text())
     assert res["data"].startswith("ave:") and res["folds"] == 3
     assert np.mean(res["methods"]["c-cca"]["a2v_map_folds"]) > 0.5

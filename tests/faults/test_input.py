@@ -185,7 +185,8 @@ def test_a_class_with_one_clip_is_refused_for_training_but_not_for_shards(kept, 
     spec = _npz(tmp_path / "single.npz",
                 lambda d: d.update(labels=np.r_[np.arange(29) % 2, 2]))  # c29: class 2 alone
     before = snapshot(kept)
-    rc = crossval.main(["--data", spec, "--methods", "cca", "--json", str(kept / "cv.json")])
+    rc = crossval.main(["--data", spec, "--methods", "cca", "--json", str(kept / "cv.json"),
+                         "--set", "mlflow.enabled=false"])
     err = _refused(capsys, kept, before, rc)
     assert err == (f"crossval: error: {tmp_path / 'single.npz'}: class '2' has a single clip "
                    "('c29'); training needs at least 2 clips per class: add clips or drop the "

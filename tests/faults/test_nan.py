@@ -99,7 +99,8 @@ def test_a_ray_run_that_overflows_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(ray_prepare, "prepare", prepare_overflowing)
     runs = tmp_path / "runs"
     sets = {"subset": 600, "workers": 1, "tnn.train.batch_size": 64, "tnn.train.epochs": 5,
-            "storage_path": runs, "run_name": "job", "mlflow.local_dir": tmp_path / "mlflow"}
+            "storage_path": runs, "run_name": "job", "mlflow.local_dir": tmp_path / "mlflow",
+            "shard_in_memory": "never"}  # the overflow is injected into the stream, per epoch
     rc = train.main([a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1

@@ -59,13 +59,15 @@ def test_an_outage_past_the_budget_fails_clearly_and_keeps_what_was_written(
     _write(done)
     kept = read_pairs(done)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
-    back = outage.outage(20)
+    outage.down()  # down until the job has given up: longer than any retry budget
     argv = ["--source", SOURCE, "--out", f"{s3_prefix}/new", "--rows-per-shard", "400"]
-    assert make_shards.main(argv) == 2
+    try:
+        assert make_shards.main(argv) == 2
+    finally:
+        outage.up()  # the store is back
     err = capsys.readouterr().err
     assert err.startswith(f"make_shards: error: {s3_prefix}/new: bucket 'tnn-test' is not "
                           "reachable after 4 attempt(s) (Could not connect"), err
-    back.join()  # the store is back
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     with pytest.raises(DataError, match="no _manifest.json"):
         read_pairs(f"{s3_prefix}/new")  # a partial set is never taken as complete

@@ -1,6 +1,7 @@
 """Training faults on the session's Ray, through `jobs.train.main`: a Train worker process
 killed by pid mid-run (the run resumes from its last checkpoint, one MLflow run, the MAP of
-an uninterrupted one-process run with the same seed), and the S3 store going away while
+an uninterrupted one-process run with the same seed; a relaunch of that run refuses a pickle
+payload planted in the checkpoint it resumes from), and the S3 store going away while
 checkpoints are uploaded (ridden out by retries; past the retry budget, a clear error and
 only complete checkpoints left to resume from).
 
@@ -9,6 +10,9 @@ clips), 2 workers, batches of 64."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import re
 import signal
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs import train
 from tests.support import running
@@ -53,6 +58,7 @@ def last_line(capsys) -> re.Match:
     return match
 
 
+@functools.cache  # seeded, so the same for every caller: test_node_death's too
 def one_process_map(**sets) -> float:
     """The single-process twin on the same split (`fit_tnn`, as jobs.crossval runs it)."""
     nested: dict = {}
@@ -101,18 +107,37 @@ class WorkerKiller(threading.Thread):
             os.kill(self.pid, signal.SIGKILL)
 
 
-@pytest.mark.timeout(300)
-def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path, capsys,
-                                                             monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+@pytest.fixture(scope="module")
+def killed_worker_run(_ray_session, tmp_path_factory):
+    """One run for the module's two tests on it: `jobs.train.main` (2 workers, 12 epochs,
+    max_failures=1) with one Train worker process SIGKILLed once epoch 3's checkpoint is
+    stored; (its tmp dir, the killer, its exit status, its stdout, seconds)."""
+    import ray
+
+    from tests.conftest import _start_ray
+    if not ray.is_initialized():  # what `ray_local` does (a function fixture)
+        _start_ray()
+    tmp_path = tmp_path_factory.mktemp("killed-worker")
     runs = tmp_path / "runs"
     killer = WorkerKiller(lambda: (runs / "job" / "epoch-0003").is_dir())
-    killer.start()
-    start = time.perf_counter()
-    assert train.main(argv(tmp_path, str(runs), "job", max_failures=1)) == 0
-    seconds = time.perf_counter() - start
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        killer.start()
+        start = time.perf_counter()
+        rc = train.main(argv(tmp_path, str(runs), "job", max_failures=1))
+        seconds = time.perf_counter() - start
     killer.join(timeout=1)
-    a2v, v2a, mean, run_id = last_line(capsys).groups()
+    return tmp_path, killer, rc, out.getvalue(), seconds
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_worker_process_resumes_from_its_checkpoint(killed_worker_run, capsys):
+    tmp_path, killer, rc, out, seconds = killed_worker_run
+    assert rc == 0, out[-3000:]
+    match = LAST.match(out.strip().splitlines()[-1])
+    assert match, out[-3000:]
+    a2v, v2a, mean, run_id = match.groups()
     assert len(killer.workers) == 2 and killer.pid is not None and not running(killer.pid)
 
     # one MLflow run, resumed once from the checkpoint of epoch 3 (or 2, if 3's was in flight)
@@ -132,6 +157,25 @@ def test_a_killed_worker_process_resumes_from_its_checkpoint(ray_local, tmp_path
               f"resumed from epoch {resumed[0][1]:.0f}; {seconds:.0f} s; mean MAP {mean} vs "
               f"one process {twin:.4f}")
     assert abs(float(mean) - twin) < NOISE
+
+
+@pytest.mark.timeout(300)
+def test_a_payload_in_the_checkpoint_a_relaunch_resumes_from_never_runs(
+        killed_worker_run, ray_local, capsys):
+    """(tests/faults/test_payloads.py's list, on the run above.) jobs.train, launched again
+    with the same run name, resumes from the run's latest checkpoint (Ray Train's snapshot):
+    a payload planted in its state.pt never runs. MLflow is off for the relaunch, so the run
+    the test above reads is left as it was, whichever test runs first."""
+    from tests.faults.test_payloads import Payload
+    tmp_path = killed_worker_run[0]
+    marker, runs = tmp_path / "payload-ran", tmp_path / "runs"
+    latest = sorted(runs.glob("job/epoch-*"))[-1]
+    torch.save(Payload(marker), latest / "state.pt")
+    capsys.readouterr()
+    assert train.main(argv(tmp_path, str(runs), "job", **{"mlflow.enabled": "false"})) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "state.pt: not a tnn checkpoint file" in err[0], err
+    assert not marker.exists()
 
 
 # --- the S3 store down while checkpoints are uploaded ----------------------------------------

@@ -97,6 +97,7 @@ def sandbox(tree):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     for module, name in ((train, "init_ray"), (train, "start_tracking"), (tune, "init_ray"),
                          (embed, "init_ray"), (embed, "smoke_model"), (promote, "promote"),
+                         (crossval, "track"),
                          (evaluate.evaluation, "evaluate")):
         mp.setattr(module, name, _reached)
     yield
@@ -224,11 +225,12 @@ def test_query_on_mutated_npy(tree, recipe, k):
 # ------------------------------------------------------------------------- options
 
 CROSSVAL_OPTIONS = ["--folds", "--seed", "--dim", "--methods", "--json", "--data", "--config",
-                    "--set"]
+                    "--set", "--tracking-uri", "--experiment", "--source"]
 SET_KEYS = ["folds", "seed", "methods", "data", "json", "settings.cca.dim", "settings.cca.beta",
             "settings.cca", "settings", "nope.key", "", "a..b", ".", "folds.x",
             "settings.tnn_label.hidden", "settings.baselines.dcca.hidden",
-            "settings.tnn_e2e.ensemble"]
+            "settings.tnn_e2e.ensemble", "tnn.train.epochs", "tnn.pipeline", "tnn_label.hidden",
+            "mlflow.enabled", "mlflow.experiment"]
 
 
 @budget(120)
@@ -249,14 +251,14 @@ def test_crossval_option_values(tree, option, value, key):
 
 
 MAKE_SHARDS_OPTIONS = ["--rows-per-shard", "--folds", "--seed", "--chunk-rows", "--source",
-                       "--out"]
+                       "--out", "--data"]
 
 
 @budget(60)
 @given(option=st.sampled_from(MAKE_SHARDS_OPTIONS), value=hi.option_value)
 def test_make_shards_option_values(tree, option, value):
     kept, root = tree
-    if option == "--source" and value.startswith("synthetic"):
+    if option in ("--source", "--data") and value.startswith("synthetic"):
         value = "synthetic:" + value  # only small or refused synthetic specs below
     with scratch(root) as d:
         argv = ["--source", f"npz:{root / 'ok.npz'}", "--out", str(d / "set")]
@@ -292,9 +294,10 @@ def test_synthetic_specs(tree, parts, job):
 
 
 RAY_OPTIONS = {
-    train: (["--set", "mlflow.enabled=false"], ["--set", "--data", "--config"]),
+    train: (["--set", "mlflow.enabled=false"], ["--set", "--data", "--config", "--tracking-uri",
+                                                 "--experiment"]),
     tune: (["--space", str(ROOT / "tune_spaces/margin_cca.yaml"), "--data", "uci-mfeat"],
-           ["--set", "--data", "--trials", "--space"]),
+           ["--set", "--data", "--trials", "--space", "--source"]),
     embed: (["--model", "models:/m@a", "--data", "uci-mfeat", "--out", "idx"],
             ["--model", "--batch-size", "--concurrency", "--num-cpus", "--folds",
              "--object-store-mib", "--rows-per-shard", "--out"]),
@@ -307,7 +310,8 @@ RAY_OPTIONS = {
 @budget(60)
 @given(job=st.sampled_from(list(RAY_OPTIONS)), pick=st.integers(0, 7), value=hi.option_value,
        key=st.sampled_from(["workers", "tnn.train.lr", "base.data", "data", "seed",
-                            "test_fold", "nope", "space.x", "trials"]))
+                            "test_fold", "nope", "space.x", "trials", "tnn.train.epochs",
+                            "mlflow.experiment"]))
 def test_ray_and_mlflow_job_option_values(tree, job, pick, value, key):
     """train, tune, embed, evaluate, promote up to their first Ray or MLflow call."""
     kept, root = tree

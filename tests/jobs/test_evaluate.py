@@ -21,6 +21,9 @@ def _last(capsys) -> re.Match:
     out = capsys.readouterr().out.strip().splitlines()
     match = LAST.match(out[-1])
     assert match, out[-3:]
+    assert out[-2].startswith(f"evaluate: MLflow run {match.group(10)} in experiment "
+                              "tnn-evaluate; open it with: mlflow ui --backend-store-uri "
+                              "sqlite:///"), out[-2]  # the line before: what opens the run
     return match
 
 

@@ -85,12 +85,14 @@ def test_smoke(capsys):
 def test_refusal_crash_overwrite_and_no_secret_in_output(s3_prefix, monkeypatch, capsys):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setattr(shard_write, "PROGRESS_SECONDS", 0.0)
-    argv = ["--source", "synthetic:n=3000,visual_dim=16", "--out", s3_prefix,
+    argv = ["--data", "synthetic:n=3000,visual_dim=16", "--out", s3_prefix,
             "--rows-per-shard", "1000", "--chunk-rows", "500"]
     assert make_shards.main(argv) == 0
     out = capsys.readouterr()
     assert f"{s3_prefix} (folds=5, seed=0)" in out.out
-    assert re.search(r"^make_shards: 3000/3000 rows, \d+ rows/s$", out.out, re.M)
+    lines = re.findall(r"^make_shards: shard (\d)/3 written: (\d+)/3000 rows, \d+ rows/s",
+                       out.out, re.M)  # a line per shard (and per 0 s: PROGRESS_SECONDS)
+    assert [n for n, _ in lines] == ["1", "2", "3"] and lines[-1] == ("3", "3000")
     assert make_shards.main(argv) == 2
     err = capsys.readouterr().err
     assert err == (f"make_shards: error: {s3_prefix}: already holds a data set, 3 shard(s); "
@@ -138,6 +140,7 @@ def test_crossval_uses_the_stored_folds(s3_prefix, tmp_path):
     for name, argv in (("s3", ["--data", s3_prefix]), ("mem", ["--data", "uci-mfeat",
                                                              "--seed", "4"])):
         assert crossval.main(argv + ["--methods", "cca", "--folds", "3", "--dim", "8",
-                                     "--json", str(tmp_path / f"{name}.json")]) == 0
+                                     "--json", str(tmp_path / f"{name}.json"),
+                                     "--set", "mlflow.enabled=false"]) == 0
     s3, mem = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("s3", "mem"))
     assert s3["methods"]["cca"]["a2v_map_folds"] == mem["methods"]["cca"]["a2v_map_folds"]

@@ -66,9 +66,18 @@ def make_run(store, tmp_path, split, name, *, dim, beta, val_map=None, experimen
 def run_promote(store, capsys, *args) -> re.Match:
     assert promote.main(["--experiment", "exp", "--model-name", "m", "--tracking-uri", store,
                          *args]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    *_, opened, last = capsys.readouterr().out.strip().splitlines()
     match = LAST.match(last)
     assert match, last
+    # the line before: the evaluation runs and the command that opens them; each run names
+    # its source and holds the held-out data set as its evaluation input
+    assert opened.endswith(f"in experiment tnn-evaluate; open them with: mlflow ui "
+                           f"--backend-store-uri {store}"), opened
+    run_id = re.match(r"promote: evaluation runs (\w+)", opened).group(1)
+    run = tracking.client(store).get_run(run_id)
+    assert run.data.tags["mlflow.source.name"] in ("jobs.evaluate", "jobs.promote")
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "uci-mfeat" and given.tags[0].value == "evaluation"
     return match
 
 

@@ -8,7 +8,7 @@ from jobs import embed as embed_job
 from tnn.ray import embed
 from tnn.serve import index as es
 from tnn.tracking import registry
-from tnn.errors import ConfigError, DataError
+from tnn.errors import ConfigError
 from tnn.data.sources import load_source
 
 
@@ -43,14 +43,27 @@ def champion(tmp_path_factory):
     return uri, registry.smoke_model(uri)
 
 
-def test_actor_refuses_a_model_that_moved(champion):
+def test_actors_get_the_exported_branches_not_the_model_uri(champion):
+    """The driver loads the model once and ships its two branches as torch.export programs:
+    an actor built from them embeds as the registered model does (no MLflow in the actor)."""
     uri, model = champion
-    stale = {"name": "tnn", "alias": "champion", "versions": {"audio": "0", "visual": "0"},
-             "run_id": "old"}
-    with pytest.raises(DataError, match=r"^models:/tnn@champion moved while embedding: the "
-                                        r"job started with tnn@champion \(audio v0, visual v0, "
-                                        r"run old\), an actor loaded tnn@champion \(audio v1"):
-        embed.EncoderActor("models:/tnn@champion", uri, stale, False)
+    enc = registry.load_encoders("models:/tnn@champion", tracking_uri=uri)
+    shipped = embed.programs(enc)
+    assert sorted(shipped) == ["audio", "visual"] and all(isinstance(b, bytes)
+                                                          for b in shipped.values())
+    actor = embed.EncoderActor(shipped, False)
+    p = load_source("uci-mfeat")
+    for rows in (0, 1, 37):
+        np.testing.assert_allclose(actor.audio(p.audio[:rows]), enc.audio.predict(p.audio[:rows]),
+                                   atol=1e-6)
+        np.testing.assert_allclose(actor.visual(p.visual[:rows]),
+                                   enc.visual.predict(p.visual[:rows]), atol=1e-6)
+
+
+def test_progress_line():
+    assert embed.progress_line(1200, 5000, 3.0) == \
+        "embed: 1200/5000 clips (24%), 400 clips/s, ~00:10 left"
+    assert embed.progress_line(10, None, 1.0) == "embed: 10/? clips, 10 clips/s"
 
 
 def _check_index(uri, source, model, tracking_uri, rows):

@@ -102,17 +102,24 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     opt = torch.optim.Adam(net.parameters(), lr=EQUIV.train.lr)
     kwargs = loss_kwargs(EQUIV, 10, net_out_dim(EQUIV, 10))
     steps = len(ranks[0]) // 3
-    for epoch in range(3):
-        order = np.concatenate([np.concatenate([ranks[0][s], ranks[1][s]])
-                                for s in range(epoch * steps, (epoch + 1) * steps)])
-        xa, xv, labels = _arranged(rows, order, epoch)
-        run_epoch(net, opt, xa, xv, labels, 64, torch.Generator().manual_seed(epoch), kwargs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the float32 reductions split alike
+    try:
+        for epoch in range(3):
+            order = np.concatenate([np.concatenate([ranks[0][s], ranks[1][s]])
+                                    for s in range(epoch * steps, (epoch + 1) * steps)])
+            xa, xv, labels = _arranged(rows, order, epoch)
+            run_epoch(net, opt, xa, xv, labels, 64, torch.Generator().manual_seed(epoch), kwargs)
+    finally:
+        torch.set_num_threads(threads)
     moved = max((net.state_dict()[k] - v).abs().max().item()
                 for k, v in _initial(prep, fit).items())
     assert moved > 1e-3
     err = max((net.state_dict()[k] - v).abs().max().item() for k, v in last.items())
     print(f"2 Ray Train workers vs run_epoch: parameters moved {moved:.2e}, differ by {err:.2e}")
-    assert err < 1e-6, f"parameters differ by {err:.2e} (moved {moved:.2e})"
+    # float32: each rank's gradient is a sum over its 32 rows, added by the all-reduce, where one
+    # process sums 64 rows at once; over 3 epochs of Adam that reaches a few 1e-6 (once 6.6e-6)
+    assert err < 1e-5, f"parameters differ by {err:.2e} (moved {moved:.2e})"
 
 
 def _arranged(rows, order, seed):

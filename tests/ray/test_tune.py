@@ -20,6 +20,8 @@ from tnn.ray import tune_report
 from tnn.ray import tune_space as ts
 from tnn.errors import ConfigError
 
+EPOCH_LINE = re.compile(r"^tune: trial-(\w+)  epoch [12]/2  loss \d+\.\d{4}  val MAP \d\.\d{4}  "
+                        r"\d+ samples/s  ~\d\d:\d\d left$")
 LAST = re.compile(r"tune: best val_map ([0-9.]+) \(test ([0-9.]+)\) at (.+) of 4 trials "
                   r"\((\d) finished, (\d) stopped, (\d) failed\) in \d+ s, parent run (\w+)$")
 
@@ -169,7 +171,7 @@ def _space_file(path) -> str:
     so ASHA (grace 1, reduction 2) stops (0.2, 1) against (0.2, 9) for certain."""
     path.write_text(yaml.safe_dump({
         "method": "tnn-c-cca",
-        "base": {"subset": 600, "tnn": {"train": {"epochs": 3, "patience": 3}}},
+        "base": {"subset": 300, "tnn": {"train": {"epochs": 2, "patience": 2}}},
         "params": [{"key": "tnn.train.margin", "grid": [0.2, 0.5]},
                    {"key": "tnn.cca.dim", "grid": [9, 1]}],
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}}))
@@ -187,8 +189,8 @@ def test_four_trial_search_tracks_parent_and_children(ray_local, tmp_path, capsy
                       "--tracking-uri", uri, "--set", f"base.storage_path={tmp_path / 'runs'}",
                       "--out", str(out)])
     seconds = time.perf_counter() - start
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    match = LAST.match(last)
+    printed = capsys.readouterr().out.strip().splitlines()
+    last, match = printed[-1], LAST.match(printed[-1])
     assert code == 0 and match, last
     report = json.loads((out / "tune.json").read_text())
     rows = {(r["params"]["tnn.train.margin"], r["params"]["tnn.cca.dim"]): r
@@ -197,7 +199,13 @@ def test_four_trial_search_tracks_parent_and_children(ray_local, tmp_path, capsy
         print(f"\n4-trial search in {seconds:.0f} s: " + ", ".join(
             f"{k}: {r['status']} {r.get('val_map', 0):.3f}" for k, r in sorted(rows.items())))
     assert len(rows) == 4 and rows[(0.2, 1)]["status"] == "stopped"
-    assert rows[(0.2, 9)]["status"] == "finished" and rows[(0.2, 9)]["epochs"] == 3
+    assert rows[(0.2, 9)]["status"] == "finished" and rows[(0.2, 9)]["epochs"] == 2
+    # the driver prints one line per epoch result of each trial (`tnn.ray.trial_runs`)
+    epoch_lines = [ln for ln in printed if EPOCH_LINE.match(ln)]
+    assert len(epoch_lines) == sum(r["epochs"] for r in rows.values()), printed
+    assert {EPOCH_LINE.match(ln).group(1) for ln in epoch_lines} == {
+        r["trial_id"] for r in rows.values()}
+    assert not [ln for ln in printed if "Trial status" in ln or "Reporting training" in ln]
     assert report["placement_groups_left"] == 0 and report["concurrency"] == 1
     assert {f.name for f in out.iterdir()} == {"tune.json", "tune.md", "map_vs_margin.png",
                                                "map_vs_dim.png"}
@@ -222,6 +230,7 @@ def test_four_trial_search_tracks_parent_and_children(ray_local, tmp_path, capsy
 
     children = tracking.child_runs(parent)
     assert len(children) == 4
+    (data,) = run.inputs.dataset_inputs  # the search's data set, digested once per run
     for child in children:
         row = next(r for r in rows.values() if r["trial_id"] == child.data.tags["tune.trial_id"])
         assert row["run_id"] == child.info.run_id
@@ -233,6 +242,10 @@ def test_four_trial_search_tracks_parent_and_children(ray_local, tmp_path, capsy
         assert float(params["tnn.train.margin"]) == row["params"]["tnn.train.margin"]
         assert params["tnn.cca.dim"] == str(row["params"]["tnn.cca.dim"])
         assert params["mlflow.run_id"] == child.info.run_id
+        (given,) = child.inputs.dataset_inputs  # the same data set as the parent's
+        assert (given.dataset.name, given.dataset.digest) == (data.dataset.name,
+                                                              data.dataset.digest)
+        assert child.data.tags["mlflow.source.type"] in ("LOCAL", "JOB")
         if row["status"] == "finished":
             assert child.data.metrics["final_val_map"] == pytest.approx(row["val_map"])
             assert registry.logged_model(child.info.run_id, tracking_uri=uri).name == \

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tnn.tracking import registry
+from tnn.tracking import lineage, registry
 from tnn.tracking import runs as tracking
 
 
@@ -37,7 +37,8 @@ def test_params_of_flattens_the_resolved_config():
 def test_run_logs_and_reopens_the_same_run(store, tmp_path):
     uri, artifacts = store
     config = {"tnn": {"train": {"lr": 0.001, "epochs": 3}}, "workers": 2}
-    logger, created = tracking.open_run(uri, "exp", "run-a", artifact_location=artifacts)
+    logger, created = tracking.open_run(uri, "exp", "run-a", artifact_location=artifacts,
+                                        tags={"job": "train"}, data="uci-mfeat")
     assert created
     logger.params({f"p{i}": i for i in range(150)})  # more than one log_batch call
     logger.params(tracking.params_of(config))
@@ -65,17 +66,30 @@ def test_run_logs_and_reopens_the_same_run(store, tmp_path):
     names = {a.path for a in again.client.list_artifacts(logger.run_id)}
     assert names == {"config.yaml", "plots"}
     assert run.info.artifact_uri.startswith(artifacts)
+    tags = run.data.tags  # MLflow's source tags and the data set as the one input (not twice)
+    assert tags["mlflow.source.name"] == "jobs.train" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags.get("mlflow.source.git.commit") == lineage.git_commit()
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "uci-mfeat"
+    assert given.dataset.digest == lineage.data_digest("uci-mfeat")[0]
+    assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "training")]
     assert tracking.run_config(logger.run_id, tracking_uri=uri) == config
     assert tracking.run_config(logger.run_id, tracking_uri=uri, name="missing.yaml") is None
     assert (Path(artifacts[len("file://"):]) / logger.run_id / "artifacts" / "plots" /
             "history.png").read_bytes() == b"png"
 
 
-def test_unknown_run_id_starts_a_new_run(store):
+def test_unknown_run_id_starts_a_new_run(store, monkeypatch):
     uri, artifacts = store
+    monkeypatch.setattr(lineage, "data_digest", lambda data, pairs=None: ("d1", {"rows": 1}))
+    secret = "s3://user:hunter2@bucket/x"  # a data URI with credentials is stored redacted
     logger, created = tracking.open_run(uri, "exp", "run-b", run_id="0" * 32,
-                                        artifact_location=artifacts)
+                                        artifact_location=artifacts, data=secret,
+                                        data_context="evaluation")
     assert created and logger.run_id != "0" * 32
+    (given,) = logger.client.get_run(logger.run_id).inputs.dataset_inputs
+    assert given.dataset.name == "s3://***@bucket/x" and "hunter2" not in given.dataset.source
+    assert given.dataset.digest == "d1" and given.tags[0].value == "evaluation"
 
 
 def test_a_new_sqlite_experiment_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):

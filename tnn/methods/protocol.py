@@ -32,6 +32,24 @@ SMOKE = ("folds=2", "settings.tnn_c_cca.train.epochs=2", "settings.tnn_e2e.train
 
 
 @dataclasses.dataclass(frozen=True)
+class Tracking:
+    """Where `jobs.crossval` logs its MLflow run (`tnn.tracking.crossval`)."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    """None: $MLFLOW_TRACKING_URI, else the embedded sqlite:///<local_dir>/mlflow.db."""
+    local_dir: str = "./runs/mlflow"
+    experiment: str = "tnn-crossval"
+
+    def __post_init__(self) -> None:
+        if not self.experiment.strip():
+            raise ConfigError("mlflow.experiment: empty; name an MLflow experiment")
+        if self.tracking_uri is not None and not self.tracking_uri.strip():
+            raise ConfigError("mlflow.tracking_uri (--tracking-uri): empty; give a tracking URI "
+                              "(or leave it out)")
+
+
+@dataclasses.dataclass(frozen=True)
 class CrossvalConfig:
     data: str = "uci-mfeat"
     """Data source: uci-mfeat[:A,B], npz:PATH, vegas:DIR, synthetic:N, or a shard URI."""
@@ -41,6 +59,7 @@ class CrossvalConfig:
     """Seed of the fold assignment (shards keep the folds they were written with)."""
     json: str | None = None
     settings: registry.MethodsConfig = dataclasses.field(default_factory=registry.MethodsConfig)
+    mlflow: Tracking = dataclasses.field(default_factory=Tracking)
 
     def __post_init__(self) -> None:
         if not self.data.strip():
@@ -53,6 +72,29 @@ class CrossvalConfig:
             raise ConfigError(f"seed={self.seed}: must be >= 0 (the fold assignment seed)")
         if self.json is not None and not self.json.strip():
             raise ConfigError("json: empty; give a file name or s3://bucket/key (or leave it out)")
+
+
+TNN_SECTIONS = {"tnn": ("tnn_c_cca", "tnn_e2e"), "tnn_label": ("tnn_label",)}
+"""`jobs.train`'s spelling -> the methods it sets here: `tnn.train.epochs=3` sets
+`settings.tnn_c_cca.train.epochs` and `settings.tnn_e2e.train.epochs`; `tnn_label.epochs=3`
+sets `settings.tnn_label.epochs`. The per-method keys keep working."""
+
+
+def train_spelling(overrides: list) -> list:
+    """`--set` items with `jobs.train`'s TNN keys (TNN_SECTIONS) expanded to every TNN
+    method's key, in place (a later item still wins); other items as they are."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=") if isinstance(item, str) else ("", "", "")
+        head, dot, rest = key.strip().partition(".")
+        if not (sep and dot and head in TNN_SECTIONS):
+            out.append(item)
+            continue
+        if key.strip() == "tnn.pipeline":
+            raise ConfigError(f"override {item!r}: crossval runs each TNN pipeline as its own "
+                              "method (tnn-c-cca, tnn-e2e); choose them with --methods")
+        out += [f"settings.{section}.{rest}={value}" for section in TNN_SECTIONS[head]]
+    return out
 
 
 MAX_WIDTH = 16384  # a layer of MAX_WIDTH^2 float32 weights is 1 GiB
@@ -99,9 +141,23 @@ def fold_ids(pairs: Pairs, k: int, seed: int) -> np.ndarray:
         raise type(err)(f"{pairs.name}: {err}") from None
 
 
+class Progress:
+    """`done/total` (method, fold) fits with the elapsed time and a naive time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def step(self) -> str:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        return f"[{self.done}/{self.total}, {elapsed:.0f} s elapsed, ~{left:.0f} s left]"
+
+
 def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
-             log=print) -> dict:
-    """Fit `name` on each training part, score it on the test fold; one log line per fold."""
+             log=print, progress: Progress | None = None) -> dict:
+    """Fit `name` on each training part, score it on the test fold; one log line per fold
+    (with `progress`: how many of all fits are done, elapsed, time left)."""
     fit, rows = registry.get(name), []
     for f in range(cfg.folds):
         train, test = split(folds, f)
@@ -115,8 +171,16 @@ def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
             raise DataError(f"{name} on {pairs.name}, test fold {f + 1}: {err}") from None
         rows.append({**s, "fit_seconds": seconds, "fit_cpu_seconds": cpu})
         log(f"  {name:10s} fold {f + 1}/{cfg.folds}: a->v {s['a2v_map']:.4f}  "
-            f"v->a {s['v2a_map']:.4f}  ({seconds:.1f} s)", flush=True)
+            f"v->a {s['v2a_map']:.4f}  ({seconds:.1f} s)"
+            + (f"  {progress.step()}" if progress else ""), flush=True)
+    return summary(name, rows, cfg)
+
+
+def summary(name: str, rows: list[dict], cfg: CrossvalConfig) -> dict:
+    """A method's folds: means (MAP per fold too), mean PR curves, and under `fold_scores`
+    every scalar score per fold (MLflow's mean and std; left out of `result_json`)."""
     col = lambda k: [r[k] for r in rows]  # noqa: E731
+    scalar = [k for k, v in rows[0].items() if np.isscalar(v) and all(k in r for r in rows)]
     return {"a2v_map": float(np.mean(col("a2v_map"))), "v2a_map": float(np.mean(col("v2a_map"))),
             "a2v_map_folds": col("a2v_map"), "v2a_map_folds": col("v2a_map"),
             "mrr1_a2v": float(np.mean(col("mrr1_a2v"))), "mrr1_v2a": float(np.mean(col("mrr1_v2a"))),
@@ -126,7 +190,8 @@ def evaluate(name: str, pairs: Pairs, folds: np.ndarray, cfg: CrossvalConfig,
                        "precision": np.mean(col("a2v_pr"), 0).tolist()},
             "pr_v2a": {"recall": rows[0]["pr_recall"].tolist(),
                        "precision": np.mean(col("v2a_pr"), 0).tolist()},
-            "params": registry.method_params(name, cfg.settings)}
+            "params": registry.method_params(name, cfg.settings),
+            "fold_scores": {k: [float(v) for v in col(k)] for k in scalar}}
 
 
 def crossval(cfg: CrossvalConfig, log=print) -> tuple[Pairs, dict]:
@@ -147,7 +212,9 @@ def crossval(cfg: CrossvalConfig, log=print) -> tuple[Pairs, dict]:
                               "retrieval needs 2 classes in every test fold: use fewer folds")
     log(f"data {pairs.name}: {pairs.n} clips, audio {pairs.audio.shape[1]}-d, visual "
         f"{pairs.visual.shape[1]}-d, {pairs.num_classes} classes, {cfg.folds} folds", flush=True)
-    return pairs, {name: evaluate(name, pairs, folds, cfg, log) for name in cfg.methods}
+    progress = Progress(len(cfg.methods) * cfg.folds)
+    return pairs, {name: evaluate(name, pairs, folds, cfg, log, progress)
+                   for name in cfg.methods}
 
 
 def table(results: dict) -> str:
@@ -167,7 +234,8 @@ def result_json(cfg: CrossvalConfig, pairs: Pairs, results: dict) -> dict:
     """The results with the data name, folds, seed and the CCA dimension used."""
     dim = cca_dim(cfg.settings.cca, pairs.num_classes, pairs.audio.shape[1], pairs.visual.shape[1])
     return {"data": pairs.name, "folds": cfg.folds, "seed": cfg.seed, "dim": dim,
-            "methods": results}
+            "methods": {name: {k: v for k, v in r.items() if k != "fold_scores"}
+                        for name, r in results.items()}}
 
 
 def best(results: dict) -> tuple[str, float]:

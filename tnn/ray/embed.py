@@ -1,14 +1,18 @@
 """Embedding a gallery with a registered model into an index of Parquet embedding shards.
 
 Ray Data streams the feature shards (`tnn.ray.dataset.dataset`; or an in-memory source such as
-`uci-mfeat`) through `map_batches` into actors (`EncoderActor`) that each hold the model's
-two-branch pyfunc (`tnn.tracking.registry.load_encoders`); the driver writes the embedded batches as
-they arrive (`tnn.serve.index.EmbeddingWriter`: atomic shards, the manifest last, naming the
-model name, alias, version and run). Memory depends on the batch size and the object-store cap
-(`EmbedConfig.object_store_mib`, blocks in flight), not on the gallery size. The model URI is
-resolved once on the driver and every actor checks that it loaded the same version (an alias
-moved mid-job is refused). `embed` does all of it; `jobs.embed` is its command line. Ray is
-imported inside the functions, so `embed_batch` and the config are usable without it.
+`uci-mfeat`) through `map_batches` into actors (`EncoderActor`) that each run the model's two
+exported branches; the driver writes the embedded batches as they arrive
+(`tnn.serve.index.EmbeddingWriter`: atomic shards, the manifest last, naming the model name,
+alias, version and run) and prints progress (rows / total, clips/s, time left) every
+`PROGRESS_SECONDS`. Memory depends on the batch size and the object-store cap
+(`EmbedConfig.object_store_mib`, blocks in flight), not on the gallery size. The driver alone
+talks to MLflow: it resolves the model URI once, loads the model
+(`tnn.tracking.registry.load_encoders`) and ships its two branches to the actors as
+`torch.export` programs (`programs`: weights and graph, no tracking URI, no credentials), so
+every actor runs the version resolved at start. `embed` does all of it; `jobs.embed` is its
+command line. Ray is imported inside the functions, so `embed_batch` and the config are usable
+without it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import numpy as np
 
 from tnn.errors import ConfigError, DataError
+from tnn.ray.progress import clock
 from tnn.serve import index as embedding_shards
 from tnn.serve.search import describe_model
 from tnn.tracking import registry
@@ -83,31 +88,49 @@ def _floats(x) -> np.ndarray:
     return np.ascontiguousarray(np.stack(list(x)) if x.dtype == object else x, np.float32)
 
 
-class EncoderActor:
-    """Holds the pyfunc model of `model_uri`; refuses a version other than `expected`'s."""
+def programs(encoders: registry.Encoders) -> dict[str, bytes]:
+    """The loaded model's two branches as `torch.export` programs (bytes of
+    `torch.export.save`): what the encoder actors get instead of a model URI."""
+    import io
 
-    def __init__(self, model_uri: str, tracking_uri: str, expected: dict, gpu: bool) -> None:
-        enc = registry.load_encoders(model_uri, tracking_uri=tracking_uri)
-        if (enc.info["versions"], enc.info["run_id"]) != (expected["versions"],
-                                                          expected["run_id"]):
-            raise DataError(f"{model_uri} moved while embedding: the job started with "
-                            f"{describe_model(expected)}, an actor loaded "
-                            f"{describe_model(enc.info)}; run the job again")
-        self.audio, self.visual = (_on_gpu(m) if gpu else m.predict
-                                   for m in (enc.audio, enc.visual))
+    import torch
+    modules = encoders.model.unwrap_python_model().modules
+    out = {}
+    for modality in registry.MODALITIES:
+        width = getattr(encoders, modality).in_dim
+        if not width:
+            raise DataError(f"{describe_model(encoders.info)}: the {modality} branch has no "
+                            "in_dim in its metadata")
+        with torch.no_grad():
+            program = torch.export.export(modules[modality], (torch.zeros(2, width),),
+                                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        out[modality] = buf.getvalue()
+    return out
+
+
+class EncoderActor:
+    """Runs the two branches the driver shipped (`programs`), on the GPU if `gpu`."""
+
+    def __init__(self, shipped: dict[str, bytes], gpu: bool) -> None:
+        self.audio, self.visual = (_runner(shipped[m], "cuda" if gpu else "cpu")
+                                   for m in registry.MODALITIES)
 
     def __call__(self, batch: dict) -> dict:
         return embed_batch(batch, self.audio, self.visual)
 
 
-def _on_gpu(model):
-    """A branch's exported encoder program moved to CUDA, as a numpy -> numpy callable."""
+def _runner(program: bytes, device: str):
+    """An exported branch on `device`, as a numpy -> numpy callable."""
+    import io
+
     import torch
-    module = model.model.unwrap_python_model().modules[model.modality].to("cuda")
+    module = torch.export.load(io.BytesIO(program)).module().to(device)
 
     @torch.no_grad()
     def run(x: np.ndarray) -> np.ndarray:
-        return module(torch.from_numpy(x).to("cuda", non_blocking=True)).cpu().numpy()
+        return module(torch.from_numpy(x).to(device, non_blocking=True)).cpu().numpy()
     return run
 
 
@@ -137,12 +160,13 @@ def source_dataset(cfg: EmbedConfig):
     return ray.data.from_arrow(tables), p.n, p.class_names, cfg.data
 
 
-def encoded(cfg: EmbedConfig, uri: str, info: dict):
-    """(the Dataset of embedded batches through `cfg.concurrency` encoder actors, row count,
-    class names, source); the object-store cap set on this dataset's own context."""
+def encoded(cfg: EmbedConfig, shipped: dict[str, bytes]):
+    """(the Dataset of embedded batches through `cfg.concurrency` encoder actors running the
+    `programs` shipped, row count, class names, source); the object-store cap set on this
+    dataset's own context."""
     import ray.data
     ds, total, class_names, source = source_dataset(cfg)
-    out = ds.map_batches(EncoderActor, fn_constructor_args=(cfg.model, uri, info, cfg.gpu),
+    out = ds.map_batches(EncoderActor, fn_constructor_args=(shipped, cfg.gpu),
                          batch_size=cfg.batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
                          num_cpus=cfg.num_cpus,
@@ -158,9 +182,10 @@ def embed(cfg: EmbedConfig, log=print) -> embedding_shards.IndexManifest:
     """Resolve the model, stream the data through the encoder actors, write the index; the
     last log line gives the streaming time and rate (model loading and Ray start excluded)."""
     uri = tracking.resolve(cfg.tracking_uri, tracking.DEFAULT_LOCAL_DIR)[0]
-    info = registry.load_encoders(cfg.model, tracking_uri=uri).info
+    encoders = registry.load_encoders(cfg.model, tracking_uri=uri)
+    info = encoders.info
     log(f"embed: model {describe_model(info)}", flush=True)
-    out, total, class_names, source = encoded(cfg, uri, info)
+    out, total, class_names, source = encoded(cfg, programs(encoders))
     start = last = time.perf_counter()
     with embedding_shards.EmbeddingWriter(cfg.out, model=info, source=source,
                                           class_names=class_names,
@@ -171,12 +196,21 @@ def embed(cfg: EmbedConfig, log=print) -> embedding_shards.IndexManifest:
                          batch["visual_emb"])
             if time.perf_counter() - last >= PROGRESS_SECONDS:
                 last = time.perf_counter()
-                log(f"embed: {writer.rows}/{total or '?'} rows, "
-                    f"{writer.rows / (last - start):.0f} clips/s", flush=True)
+                log(progress_line(writer.rows, total, last - start), flush=True)
     seconds = time.perf_counter() - start
     log(f"embed: streamed {writer.rows} rows in {seconds:.1f} s, "
         f"{writer.rows / seconds:.0f} clips/s", flush=True)
     return writer.manifest
+
+
+def progress_line(rows: int, total: int | None, seconds: float) -> str:
+    """`embed: 1200/5000 clips (24%), 410 clips/s, ~00:09 left` (total unknown: `1200/?`)."""
+    rate = rows / max(seconds, 1e-9)
+    if not total:
+        return f"embed: {rows}/? clips, {rate:.0f} clips/s"
+    left = (total - rows) / rate if rate > 0 else 0.0
+    return (f"embed: {rows}/{total} clips ({100 * rows / total:.0f}%), {rate:.0f} clips/s, "
+            f"~{clock(left)} left")
 
 
 def smoke_query(index_uri: str) -> str:

@@ -41,8 +41,10 @@ from tnn.data.pairs import Pairs
 from tnn.methods.label import ProxyNet
 from tnn.methods.loop import new_state, restore_best
 from tnn.methods.tnn import check_finite
+from tnn.ray import local_shard
 from tnn.ray.prepare import Prepared
-from tnn.ray.workers import epoch_logger, report, run_epochs, scores, seed_of, shared_val_map
+from tnn.ray.progress import send
+from tnn.ray.workers import channel_of, report, run_epochs, scores, seed_of, shared_val_map
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state
 from tnn.train.config import TrainJobConfig
@@ -57,7 +59,9 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(run.state["final"])
         return
     lab, shard = run.cfg.tnn_label, ray.train.get_dataset_shard("fit")
-    run_epochs(run, lambda epoch: label_epoch(run, shard, config["local_batch"], epoch),
+    held = local_shard.holder(run.cfg.shard_in_memory, run.world, run.cfg.shuffle,
+                              run.inputs["n_fit"], run.inputs["dims"])
+    run_epochs(run, lambda epoch: label_epoch(run, shard, config["local_batch"], epoch, held),
                _evaluate, _report, seed=lab.seed, epochs=lab.epochs, patience=lab.patience)
     _finish(run)
 
@@ -76,7 +80,7 @@ class _Run:
     opt: torch.optim.Optimizer
     sched: object  # the cosine LR schedule (per batch), or None
     state: dict
-    logger: object
+    channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
     resumed: bool
     sync_bn: bool
 
@@ -107,23 +111,22 @@ def _start(config: dict) -> _Run:
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-    logger = epoch_logger(cfg) if ctx.get_world_rank() == 0 else None
-    if logger and checkpoint is not None and not state["done"]:
-        logger.metrics({"resumed_from_epoch": state["epoch"]}, step=state["epoch"])
+    channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
+                         if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
-                sched, state, logger, checkpoint is not None, sync_bn)
+                sched, state, channel, checkpoint is not None, sync_bn)
 
 
-def label_epoch(run: _Run, shard, local_batch: int, epoch: int) -> dict:
+def label_epoch(run: _Run, shard, local_batch: int, epoch: int, held: dict | None = None) -> dict:
     """One pass over this rank's shard through the global-batch proxy loss; mean terms,
-    samples/s. A NaN or inf output, loss or parameter stops the run (`check_finite`)."""
+    samples/s, the wait for the first batch. `held`: as in `tnn.ray.train_loop.train_epoch`.
+    A NaN or inf output, loss or parameter stops the run (`check_finite`)."""
     run.model.train()
     lab, buffer = run.cfg.tnn_label, run.cfg.shuffle_buffer
-    sums, steps, start = {}, 0, time.perf_counter()
-    for batch in shard.iter_torch_batches(
-            batch_size=local_batch, drop_last=True, device=run.device,
-            local_shuffle_buffer_size=buffer or None,
-            local_shuffle_seed=seed_of(lab.seed, epoch, run.rank) if buffer else None):
+    sums, steps, start, first = {}, 0, time.perf_counter(), None
+    for batch in local_shard.epoch_batches(held or {"local": False}, shard, local_batch,
+                                           seed_of(lab.seed, epoch, run.rank), run.device, buffer):
+        first = time.perf_counter() - start if first is None else first
         out = run.model(batch["audio"], batch["visual"])
         check_finite(epoch, steps + 1, **out)
         terms = global_proxy_loss(out["audio_emb"], out["visual_emb"], batch["label"].long(),
@@ -141,6 +144,7 @@ def label_epoch(run: _Run, shard, local_batch: int, epoch: int) -> dict:
     check_finite(epoch, steps, **dict(run.model.named_parameters()))  # before a checkpoint
     seconds = time.perf_counter() - start
     return {**{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps, "train_s": seconds,
+            "first_batch_s": first or 0.0,
             "samples_per_s": steps * local_batch * tdist.world_size() / seconds}
 
 
@@ -184,11 +188,11 @@ def _finish(run: _Run) -> None:
         restore_best(state, run.net)
         net, i = copy.deepcopy(run.net).cpu().eval(), run.inputs
         encoder, choice = choose_readout(net, i["audio_in"], i["visual_in"], i["readout_fit"],
-                                         i["val"], run.cfg.tnn_label, log=print)
+                                         i["val"], run.cfg.tnn_label,
+                                         log=lambda s: send(run.channel, "line", s.strip()))
         final.update(**choice, **scores(encoder, i["val"], "val"),
                      **scores(encoder, i["test"], "test"))
-        if run.logger:
-            run.logger.metrics({f"final_{k}": v for k, v in final.items()}, step=state["epoch"])
+        send(run.channel, "final", final)
     state.update(done=True, final=final)
     _report(run, final, selected=encoder)
 

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 from ray import serve
@@ -55,6 +56,24 @@ class Pair:
         i = self.info
         return {"name": i["name"], "alias": i["alias"], "version": i["version"],
                 "run_id": i["run_id"], "index": self.index.uri, "rows": len(self.index)}
+
+
+def without_userinfo(uri: str | None) -> tuple[str | None, bool]:
+    """(`uri` without its `user:password@`, whether it had one): the tracking URI the replicas
+    get. Their MLflow credentials come from MLflow's own environment variables on the cluster
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN), never
+    from what is shipped to them (bind args are pickled into Serve's state)."""
+    if not uri:
+        return uri, False
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, False
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])), True
+
+
+CREDENTIALS_NOTE = ("the tracking URI's user:password is not shipped to the replicas; they "
+                    "authenticate with MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                    "MLFLOW_TRACKING_TOKEN set on the cluster's nodes (cluster/README.md)")
 
 
 def alias_of(model_uri: str) -> tuple[str, str] | None:
@@ -217,10 +236,12 @@ class Search:
 
 def build(args: dict):
     """The application builder (`import_path: tnn.ray.serve_app:build`, `args`: model,
-    index, tracking_uri)."""
+    index, tracking_uri; the URI's credentials are dropped: `without_userinfo`)."""
     unknown = set(args) - {"model", "index", "tracking_uri"}
     if unknown or not args.get("index"):
         raise ConfigError(f"serve app args: 'index' is required, 'model' and 'tracking_uri' "
                           f"optional; got {sorted(args)}")
-    return Search.bind(args.get("model") or "models:/tnn@champion", args["index"],
-                       args.get("tracking_uri"))
+    uri, had = without_userinfo(args.get("tracking_uri"))
+    if had:
+        log.warning("tnn: %s", CREDENTIALS_NOTE)
+    return Search.bind(args.get("model") or "models:/tnn@champion", args["index"], uri)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -25,6 +26,9 @@ from tnn.ray import serve_app
 
 IMPORT_PATH = "tnn.ray.serve_app:build"
 FORWARDED = ("AWS_", "MLFLOW_")  # environment the replicas get from the process deploying
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|USERNAME|ACCESS_KEY|CREDENTIAL", re.I)
+"""Never forwarded: the replicas' runtime env is stored by Ray and shown in its logs and
+dashboard; credentials come from the cluster's nodes."""
 
 
 def read_config(path: str | Path) -> dict:
@@ -60,10 +64,14 @@ def deployment_options(config: dict, where: str | Path = "the Serve config") -> 
 
 
 def with_env(opts: dict) -> dict:
-    """`opts` with this process's S3 and MLflow settings (AWS_*, MLFLOW_*) added to the
-    replicas' runtime_env: they read the index and the registry as the driver does (under
-    `ray job submit` those come from the job's runtime_env, not from the nodes)."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
+    """`opts` with this process's S3 and MLflow settings (AWS_*, MLFLOW_*: region, endpoints,
+    the tracking URI without credentials) added to the replicas' runtime_env: they find the
+    index and the registry as the driver does (under `ray job submit` those come from the
+    job's runtime_env, not from the nodes). Credentials (`SECRET_NAME`) are left out: the
+    replicas take them from their nodes' environment (cluster/README.md)."""
+    env = {k: serve_app.without_userinfo(v)[0] if k.endswith("_URI") else v
+           for k, v in os.environ.items()
+           if k.startswith(FORWARDED) and not SECRET_NAME.search(k)}
     if not env:
         return opts
     actor = dict(opts.get("ray_actor_options") or {})
@@ -73,11 +81,16 @@ def with_env(opts: dict) -> dict:
 
 
 def start(config: dict, model: str, index: str, tracking_uri: str, *, host: str | None = None,
-          port: int | None = None) -> tuple[str, dict]:
+          port: int | None = None, log=print) -> tuple[str, dict]:
     """Deploy the app (`config` with these args and HTTP host/port) on the Ray this process is
-    connected to and wait until it answers; returns (its URL, the pair it serves)."""
+    connected to and wait until it answers; returns (its URL, the pair it serves). The
+    replicas get `tracking_uri` without credentials (`serve_app.without_userinfo`; one line
+    says so when it had some)."""
     from ray import serve
     serve_app.check_pair(model, index, tracking_uri)  # refuse a mismatched pair before deploying
+    shipped_uri, had = serve_app.without_userinfo(tracking_uri)
+    if had:
+        log(f"serve: {serve_app.CREDENTIALS_NOTE}", flush=True)
     http = {**config.get("http_options", {}), **{k: v for k, v in (("host", host),
                                                                    ("port", port)) if v}}
     serve.start(http_options=http, proxy_location=config.get("proxy_location", "HeadOnly"))
@@ -85,7 +98,7 @@ def start(config: dict, model: str, index: str, tracking_uri: str, *, host: str 
     prefix = app.get("route_prefix", "/")
     search = serve_app.Search.options(**with_env(deployment_options(config)))
     try:
-        serve.run(search.bind(model, index, tracking_uri), name=app["name"], route_prefix=prefix)
+        serve.run(search.bind(model, index, shipped_uri), name=app["name"], route_prefix=prefix)
     except RuntimeError as err:  # a replica failed to start: its exception is the last line
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         raise DataError(f"the search app did not start: {lines[-1] if lines else err}") from None

@@ -17,6 +17,10 @@ GPUs, but on CPU (SyncBatchNorm needs CUDA) it normalises each rank's local batc
 running statistics are averaged over ranks after every epoch. Without dropout and BatchNorm
 the parameters equal one process's on the same global batches (tests/test_train_loop.py).
 
+Rank 0 sends each epoch's metrics, a resume and the final scores to the driver
+(`tnn.ray.progress`), which prints one line per epoch and logs them into the job's MLflow run:
+workers never talk to MLflow and get the config with the tracking URI redacted.
+
 Checkpoints (`tnn.train.checkpoints`) hold the net, optimiser, epoch, RNG states, early-stopping
 state (`tnn.methods.loop`: history, best net), the resolved config (with the MLflow run id) and
 the encoder selected so far (input stages with the CCA projection + net: `load_encoder`). A
@@ -41,14 +45,16 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from tnn.config import from_dict, to_dict
+from tnn.config import from_dict
 from tnn.core.encoder import Encoder
 from tnn.errors import ConfigError
 from tnn.methods.loop import new_state, restore_best
 from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
-from tnn.ray import label_loop
+from tnn.ray import label_loop, local_shard
 from tnn.ray.prepare import Prepared
-from tnn.ray.workers import epoch_logger, report, run_epochs, scores, seed_of, shared_val_map
+from tnn.ray.progress import Channel, TrainWatch, send
+from tnn.ray.workers import (channel_of, report, run_epochs, scores, seed_of, shared_val_map,
+                             worker_config)
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state, storage_of, widths
 from tnn.train.config import TrainJobConfig
@@ -64,11 +70,13 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(run.state["final"])
         return
     t, shard, rows_seen = run.cfg.tnn.train, ray.train.get_dataset_shard("fit"), []
+    held = local_shard.holder(run.cfg.shard_in_memory, run.world, run.cfg.shuffle,
+                              run.inputs["n_fit"], run.inputs["dims"])
 
     def train_one(epoch: int) -> dict:
         return train_epoch(run.model, run.opt, shard, run.loss_kwargs, config["local_batch"],
                            (t.seed, epoch, run.rank), run.cfg.shuffle_buffer, run.device,
-                           rows_seen)
+                           rows_seen, held)
 
     run_epochs(run, train_one, _evaluate, _report, seed=t.seed, epochs=t.epochs,
                patience=t.patience)
@@ -92,7 +100,7 @@ class _Run:
     encoder: Encoder
     state: dict
     loss_kwargs: dict
-    logger: object
+    channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
     resumed: bool
     sync_bn: bool
 
@@ -120,26 +128,25 @@ def _start(config: dict) -> _Run:
     if checkpoint is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-    logger = epoch_logger(cfg) if ctx.get_world_rank() == 0 else None
-    if logger and checkpoint is not None and not state["done"]:
-        logger.metrics({"resumed_from_epoch": state["epoch"]}, step=state["epoch"])
+    channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
+                         if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
                 Encoder(a_in, v_in, net, *dims), state,
-                loss_kwargs(cfg.tnn, classes, net_out_dim(cfg.tnn, classes)), logger,
+                loss_kwargs(cfg.tnn, classes, net_out_dim(cfg.tnn, classes)), channel,
                 checkpoint is not None, sync_bn)
 
 
 def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, device,
-                rows_seen=None) -> dict:
-    """One pass over this rank's shard through the global-batch loss; mean terms, samples/s.
-    `seed`: (train seed, epoch, rank). A NaN or inf output, loss or parameter stops the run
-    (`check_finite`) before the epoch's checkpoint, so the last checkpoint stays a good one."""
+                rows_seen=None, held: dict | None = None) -> dict:
+    """One pass over this rank's shard through the global-batch loss; mean terms, samples/s,
+    the wait for the first batch. `seed`: (train seed, epoch, rank); `held`: the worker's
+    `tnn.ray.local_shard.holder` (None: stream). A NaN or inf output, loss or parameter stops
+    the run (`check_finite`) before the epoch's checkpoint, so the last one stays good."""
     model.train()
-    sums, steps, start = {}, 0, time.perf_counter()
-    for batch in shard.iter_torch_batches(
-            batch_size=local_batch, drop_last=True, device=device,
-            local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=seed_of(*seed) if shuffle_buffer else None):
+    sums, steps, start, first = {}, 0, time.perf_counter(), None
+    for batch in local_shard.epoch_batches(held or {"local": False}, shard, local_batch,
+                                           seed_of(*seed), device, shuffle_buffer):
+        first = time.perf_counter() - start if first is None else first
         out = model(batch["audio"], batch["visual"])
         check_finite(seed[1], steps + 1, **out)
         terms = tdist.global_batch_loss(out["audio_emb"], out["visual_emb"],
@@ -156,7 +163,8 @@ def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, de
     check_finite(seed[1], steps, **dict(model.named_parameters()))  # before a checkpoint
     seconds = time.perf_counter() - start
     return {**{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
-            "train_s": seconds, "samples_per_s": steps * local_batch * tdist.world_size() / seconds}
+            "train_s": seconds, "first_batch_s": first or 0.0,
+            "samples_per_s": steps * local_batch * tdist.world_size() / seconds}
 
 
 def _evaluate(run: _Run) -> dict:
@@ -203,8 +211,7 @@ def _finish(run: _Run) -> None:
         final.update(first_stage_only=int(encoder.net is None),
                      **scores(encoder, run.inputs["val"], "val"),
                      **scores(encoder, run.inputs["test"], "test"))
-        if run.logger:
-            run.logger.metrics({f"final_{k}": v for k, v in final.items()}, step=state["epoch"])
+        send(run.channel, "final", final)
     state.update(done=True, final=final)
     _report(run, final, selected=encoder)
 
@@ -213,18 +220,32 @@ def _finish(run: _Run) -> None:
 
 def worker_inputs(prep: Prepared) -> dict:
     return {"audio_in": prep.audio_in, "visual_in": prep.visual_in, "dims": prep.dims,
-            "val": prep.val, "test": prep.test, "num_classes": prep.num_classes}
+            "val": prep.val, "test": prep.test, "num_classes": prep.num_classes,
+            "n_fit": prep.n_fit}
 
 
 def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
-        callbacks: list | None = None):
+        callbacks: list | None = None, watch: bool = True, log=print):
     """Run (or resume) `cfg.run_name` on Ray Train; returns the `ray.train.Result`.
     `callbacks`: Ray Train `UserCallback`s (e.g. Tune's `TuneReportCallback` in a trial).
-    method=tnn-label runs `tnn.ray.label_loop` (`prep` from `prepare` of the same config)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    method=tnn-label runs `tnn.ray.label_loop` (`prep` from `prepare` of the same config).
+    `watch`: rank 0's epochs come back to this process (`tnn.ray.progress`), which prints a
+    line per epoch (`log`) and logs them into MLflow run `cfg.mlflow.run_id` (if set); a Tune
+    trial passes False (the search's driver logs its results). The workers' config carries
+    no tracking URI (`worker_config`)."""
     if not cfg.run_name:
         raise ConfigError("fit needs a run_name (jobs.train picks one)")
+    if not watch:
+        return _trainer(cfg, prep, record_rows, callbacks, None).fit()
+    epochs = cfg.tnn_label.epochs if cfg.method == "tnn-label" else cfg.tnn.train.epochs
+    with Channel(TrainWatch(epochs, _driver_logger(cfg), log=log)) as queue:
+        return _trainer(cfg, prep, record_rows, callbacks, queue).fit()
+
+
+def _trainer(cfg: TrainJobConfig, prep: Prepared, record_rows, callbacks, queue):
+    """The TorchTrainer of `fit` (`queue`: rank 0's channel to the driver, or None)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
     label = cfg.method == "tnn-label"
     batch = cfg.tnn_label.batch_size if label else cfg.tnn.train.batch_size
     local_batch = max(1, min(batch, prep.n_fit) // cfg.workers)
@@ -233,10 +254,11 @@ def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
     path, fs = storage_of(cfg.storage_path)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.report_poll_s))
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         loop,
-        train_loop_config={"job": to_dict(cfg), "inputs": ray.put(inputs),
-                           "local_batch": local_batch, "record_rows": record_rows},
+        train_loop_config={"job": worker_config(cfg), "inputs": ray.put(inputs),
+                           "local_batch": local_batch, "record_rows": record_rows,
+                           "progress": queue},
         torch_config=TorchConfig(backend=tdist.backend_for("cuda" if cfg.use_gpu else "cpu")),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
@@ -246,4 +268,12 @@ def fit(cfg: TrainJobConfig, prep: Prepared, record_rows: str | None = None,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             callbacks=callbacks or None),
         datasets={"fit": prep.fit})
-    return trainer.fit()
+
+
+def _driver_logger(cfg: TrainJobConfig):
+    """The driver's logger of the job's MLflow run, or None (MLflow off, or no run id)."""
+    m = cfg.mlflow
+    if not (m.enabled and m.run_id and m.tracking_uri):
+        return None
+    from tnn.tracking.runs import RunLogger
+    return RunLogger(m.tracking_uri, m.run_id)

@@ -5,17 +5,20 @@ resources are in `tnn.ray.tune_space`, the search with its parent MLflow run in
 `tnn.ray.tune_search`. Each trial (`run_trial`, a function trainable) builds its
 TrainJobConfig from the sampled dotted keys and runs `tnn.ray.prepare.prepare` +
 `tnn.ray.train_loop.fit`; rank 0's per-epoch reports reach Tune through `TuneReportCallback`,
-so ASHA stops poor trials between epochs. A trial opens a child MLflow run (tag
-mlflow.parentRunId) whose id goes into its config, so rank 0 logs per-epoch metrics there; a
-finished trial logs its checkpoint (`tnn.tracking.registry.log_checkpoint`: plots, encoder
-files, two pyfunc encoders) and closes the run. A trial the scheduler stops is killed with
-its run still RUNNING: `tnn.ray.tune_search.close_children` marks those KILLED after the search.
+so ASHA stops poor trials between epochs. Trials never see the MLflow tracking URI (the
+shared config is `shipped` with it redacted): the search's driver keeps the child runs
+(`tnn.ray.trial_runs.TrialRuns`, a Tune callback) from the trials' results: it opens one per
+trial (tag mlflow.parentRunId), logs each epoch result there, prints one line per result,
+and logs a finished trial's checkpoint (`tnn.tracking.registry.log_checkpoint`: plots,
+encoder files, the pyfunc model) before closing its run. A trial the scheduler stops is
+killed with its run still RUNNING: `tnn.ray.tune_search.close_children` marks those KILLED
+after the search.
 
 Why the final report bypasses the callback: Tune stops a trial whose result says `done` (the
-train loop's final report does) or reaches ASHA's `max_t`, killing it before it logs its
-model. So Tune sees only epoch reports (iterations 1..epochs, all below `max_t` >= epochs +
-1); the trial logs its checkpoint, closes its MLflow run, then reports its final scores (the
-selected encoder's, with `train_done` = 1) itself.
+train loop's final report does) or reaches ASHA's `max_t`. So Tune sees only epoch reports
+(iterations 1..epochs, all below `max_t` >= epochs + 1) from the Train run; the trial then
+reports its final scores (the selected encoder's, with `train_done` = 1 and the path of its
+checkpoint) itself.
 
 Placement groups: when ASHA stops a trial, its Train controller dies with it and the workers'
 placement group (scoped to the job, not the controller) is freed only by Ray Train's
@@ -36,9 +39,9 @@ import os
 import time
 from contextlib import contextmanager
 
-from tnn.tracking import registry
-from tnn.tracking import runs as tracking
-from tnn.config import merge, to_dict
+from tnn.config import merge
+from tnn.errors import redact
+from tnn.ray.session import verbose
 from tnn.ray.tune_space import SCORES, SearchSpace, trial_config
 
 
@@ -76,37 +79,20 @@ def _report_callback():
     return EpochReports()
 
 
-def run_trial(params: dict, job: dict, parent: dict | None) -> None:
-    """The Tune function trainable: one TrainJobConfig, one Train run, one child MLflow run.
-    `parent`: {tracking_uri, experiment, run_id} of the search's MLflow run, or None."""
+def run_trial(params: dict, job: dict) -> None:
+    """The Tune function trainable: one TrainJobConfig, one Train run (`fit` without a
+    channel: the search's driver logs this trial's results, `tnn.ray.trial_runs`). Its final
+    report carries the selected encoder's checkpoint path (`train_checkpoint`)."""
     from ray import tune
 
     from tnn.ray.prepare import prepare
     from tnn.ray.train_loop import fit
     trial_id = tune.get_context().get_trial_id()
-    cfg, logger = trial_config(job, params, run_name=f"trial-{trial_id}"), None
-    if parent:
-        logger, _ = tracking.open_run(parent["tracking_uri"], parent["experiment"], cfg.run_name,
-                                      tags={"mlflow.parentRunId": parent["run_id"],
-                                            "tune.trial_id": trial_id, "job": "tune"})
-        cfg = trial_config(to_dict(cfg), {}, mlflow={
-            "run_id": logger.run_id, "tracking_uri": parent["tracking_uri"],
-            "experiment": parent["experiment"]})
-        logger.params(tracking.params_of(to_dict(cfg)))
-        logger.config(to_dict(cfg))
-    try:
-        result = fit(cfg, prepare(cfg, log=print), callbacks=[_report_callback()])
-        if logger:
-            with result.checkpoint.as_directory() as d:
-                registry.log_checkpoint(logger, d)
-            logger.finish("FINISHED")
-    except Exception:
-        if logger:
-            logger.finish("FAILED")
-        raise
+    cfg = trial_config(job, params, run_name=f"trial-{trial_id}")
+    result = fit(cfg, prepare(cfg, log=print), callbacks=[_report_callback()], watch=False)
     final = {k: v for k, v in result.metrics.items()
              if isinstance(v, (int, float)) and k != "done"}
-    tune.report({**final, "train_done": 1})
+    tune.report({**final, "train_done": 1, "train_checkpoint": result.checkpoint.path})
 
 
 @contextmanager
@@ -151,6 +137,7 @@ def search(space: SearchSpace, job: dict, name: str, parent: dict | None,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tnn.data import storage
+    from tnn.ray.trial_runs import TrialRuns
     path, fs = tune_storage(job["storage_path"])
     job = merge(job, {"storage_path": storage.join(
         job["storage_path"] if storage.is_s3(job["storage_path"]) else path, f"{name}/train")})
@@ -158,8 +145,7 @@ def search(space: SearchSpace, job: dict, name: str, parent: dict | None,
     scheduler = FIFOScheduler() if s.name == "fifo" else ASHAScheduler(
         time_attr="training_iteration", max_t=s.max_t or epochs + 1,
         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job, parent=parent),
-                                    driver)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=shipped(job)), driver)
     tuner = tune.Tuner(
         trainable, param_space=param_space(space),
         tune_config=tune.TuneConfig(
@@ -168,12 +154,19 @@ def search(space: SearchSpace, job: dict, name: str, parent: dict | None,
             trial_name_creator=lambda t: f"trial-{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs,
-                                  verbose=1))
+                                  verbose=2 if verbose() else 0,
+                                  callbacks=[TrialRuns(parent, shipped(job))]))
     import ray
     env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,  # the cleaner (module doc)
            "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # relative data paths resolve as in the driver
     with trial_env(env):
         return tuner.fit()
+
+
+def shipped(job: dict) -> dict:
+    """The trials' config as shipped to them: the MLflow tracking URI (if any) redacted."""
+    uri = job.get("mlflow", {}).get("tracking_uri")
+    return merge(job, {"mlflow": {"tracking_uri": redact(uri)}}) if uri else job
 
 
 def summarise(grid, space: SearchSpace) -> list[dict]:

@@ -64,7 +64,7 @@ def open_parent(tracking_uri: str | None, experiment: str, space_path: str,
     if uri.startswith("sqlite:///") and artifacts is None:  # else ./mlruns of the cwd
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     logger, _ = tracking.open_run(uri, experiment, name, artifact_location=artifacts,
-                                  tags={"job": "tune", "space": space_path})
+                                  tags={"job": "tune", "space": space_path}, data=job["data"])
     flat = {k: v for k, v in ts.space_dict(space).items() if k != "params"}
     logger.params({**tracking.params_of(flat), "trials": space.trials,
                    **{f"search.{p.key}": f"{p.kind} {list(p.values)}" for p in space.params}})

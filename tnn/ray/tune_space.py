@@ -157,6 +157,28 @@ def load_space(path: str, overrides: list[str] | None = None) -> SearchSpace:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def space_overrides(sets: list[str]) -> tuple[list[str], list[str]]:
+    """(`--set` items for `load_space`, deprecation notes). A TrainJobConfig key, spelled as
+    for `jobs.train` (`tnn.train.epochs=3`), sets the shared trial config (`base.tnn.train.
+    epochs=3`); the space's own keys (method, metric, mode, params, scheduler.*, budget.*)
+    stay as they are (`method` is the space's). The old `base.KEY=VALUE` still works, with a
+    note naming the new spelling."""
+    from tnn.train.config import TrainJobConfig
+    space_keys = {f.name for f in dataclasses.fields(SearchSpace)}
+    train_keys = {f.name for f in dataclasses.fields(TrainJobConfig)}
+    out, notes = [], []
+    for item in sets:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        head, _, rest = key.partition(".")
+        if sep and head == "base" and rest.split(".")[0] in train_keys - space_keys:
+            notes.append(f"tune: --set {item}: deprecated spelling; use --set {rest}={value}")
+        elif sep and head in train_keys - space_keys:
+            item = f"base.{key}={value}"
+        out.append(item)
+    return out, notes
+
+
 def with_trials(space: SearchSpace, trials: int) -> SearchSpace:
     """num_samples for `trials` trials in all; a grid's size must divide it."""
     if trials < 1 or trials % space.grid_size:

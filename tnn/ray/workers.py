@@ -1,6 +1,8 @@
 """What the Ray Train worker loops share (`tnn.ray.train_loop` for the TNN pipelines,
 `tnn.ray.label_loop` for tnn-label): seeds, held-out scores, BatchNorm statistics across ranks,
-the per-epoch MLflow logger, and the report that carries rank 0's checkpoint."""
+rank 0's channel to the driver (`tnn.ray.progress`: epochs, a resume, final scores; the
+driver logs them to MLflow and prints them), and the report that carries rank 0's
+checkpoint. Workers get no MLflow tracking URI (`worker_config`)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from tnn.config import to_dict
 from tnn.core.encoder import Encoder
 from tnn.core.metrics import cross_modal_scores
 from tnn.data.pairs import Pairs
+from tnn.errors import redact
 from tnn.methods.loop import fit_epochs
+from tnn.ray.progress import send
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import save_checkpoint
 from tnn.train.config import TrainJobConfig
@@ -54,12 +58,22 @@ def average_buffers(net: nn.Module) -> None:
                 buf.copy_(tdist.all_reduce_sum(buf) / tdist.world_size())
 
 
-def epoch_logger(cfg: TrainJobConfig):
-    """Rank 0's MLflow logger of the job's run, or None (MLflow off, or no run id)."""
-    if not (cfg.mlflow.enabled and cfg.mlflow.run_id and cfg.mlflow.tracking_uri):
-        return None
-    from tnn.tracking.runs import RunLogger
-    return RunLogger(cfg.mlflow.tracking_uri, cfg.mlflow.run_id)
+def worker_config(cfg: TrainJobConfig) -> dict:
+    """The job config as shipped to the workers: the MLflow tracking URI redacted (only the
+    driver talks to MLflow; the checkpoints' config.json is redacted alike)."""
+    out = to_dict(cfg)
+    if out["mlflow"].get("tracking_uri"):
+        out["mlflow"]["tracking_uri"] = redact(out["mlflow"]["tracking_uri"])
+    return out
+
+
+def channel_of(config: dict, rank: int, resumed_from: int | None):
+    """Rank 0's channel to the driver (None elsewhere, or when the driver keeps none); a
+    resumed launch says from which epoch (the driver logs `resumed_from_epoch`)."""
+    channel = config.get("progress") if rank == 0 else None
+    if resumed_from is not None:
+        send(channel, "resumed", resumed_from)
+    return channel
 
 
 def report(metrics: dict, rank: int, state: dict, cfg: TrainJobConfig,
@@ -82,9 +96,9 @@ def run_epochs(run, train_one: Callable[[int], dict], evaluate: Callable[[object
     """The epoch loop both worker loops share, through `tnn.methods.loop.fit_epochs`: the
     injected failure (`fail_at_epoch`, last rank, first launch only), per-epoch seeds (dropout
     masks resume alike), `train_one(epoch)`, BatchNorm statistics averaged over ranks (no
-    SyncBatchNorm), validation with the elapsed time, and each epoch's metrics to MLflow (rank
-    0's logger) and `report_epoch(run, metrics)`. `run` is the loop's per-worker state (cfg,
-    rank, world, net, state, logger, resumed, sync_bn)."""
+    SyncBatchNorm), validation with the elapsed time, and each epoch's metrics to the driver
+    (rank 0's channel) and `report_epoch(run, metrics)`. `run` is the loop's per-worker state
+    (cfg, rank, world, net, state, channel, resumed, sync_bn)."""
     started = time.perf_counter()
 
     def one_epoch(epoch: int) -> dict:
@@ -97,8 +111,7 @@ def run_epochs(run, train_one: Callable[[int], dict], evaluate: Callable[[object
         return metrics
 
     def on_epoch(state: dict, metrics: dict) -> None:
-        if run.logger:
-            run.logger.metrics(metrics, step=metrics["epoch"])
+        send(run.channel, "epoch", metrics)
         report_epoch(run, metrics)
 
     fit_epochs(run.net, one_epoch,

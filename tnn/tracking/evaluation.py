@@ -108,7 +108,8 @@ def log_evaluation(uri: str, experiment: str, encoders, split: dict, s: dict, n:
     if info["version"]:
         tags.update(model_name=info["name"], model_version=info["version"],
                     **({"model_alias": info["alias"]} if info["alias"] else {}))
-    logger, _ = tracking.open_run(uri, experiment, f"eval-{info['run_id'][:8]}", tags=tags)
+    logger, _ = tracking.open_run(uri, experiment, f"eval-{info['run_id'][:8]}", tags=tags,
+                                  data=split["data"], data_context="evaluation")
     logger.params({f"split.{k}": v for k, v in split.items()})
     logger.metrics({k.replace("@", "_at_"): v for k, v in s.items() if np.isscalar(v)})
     curve = {"recall": s["pr_recall"].tolist(), "a2v": s["a2v_pr"].tolist(),

@@ -125,15 +125,22 @@ def _text(path: Path) -> str | None:
 
 
 def open_run(tracking_uri: str, experiment: str, run_name: str, *, run_id: str | None = None,
-             artifact_location: str | None = None,
-             tags: dict[str, str] | None = None) -> tuple[RunLogger, bool]:
+             artifact_location: str | None = None, tags: dict[str, str] | None = None,
+             data: str | None = None, pairs=None,
+             data_context: str = "training") -> tuple[RunLogger, bool]:
     """Reopen run `run_id` (status back to RUNNING) or create one; returns (logger, created).
 
     A `run_id` that the store does not know (e.g. a new tracking URI) starts a new run. A new
     experiment of a SQLite store without `artifact_location` gets `resolve`'s (never ./mlruns).
+    A new run gets MLflow's source tags (`tnn.tracking.lineage.source_tags`; the job from
+    `tags["job"]`) under `tags`, and data set `data` (a URI; its `pairs` if loaded already)
+    as its input (`data_context`: training, evaluation), digested before the run is created
+    (an unreadable data set creates none).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from tnn.tracking import lineage
     client = MlflowClient(tracking_uri)
     if run_id:
         try:
@@ -142,11 +149,15 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, *, run_id: str |
             return RunLogger(tracking_uri, run_id), False
         except MlflowException:
             pass
+    inputs = [lineage.dataset_input(data, pairs, data_context)] if data else []
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=artifact_location or resolve(tracking_uri, ".")[1])
+    tags = {**lineage.source_tags((tags or {}).get("job")), **(tags or {})}
     run = client.create_run(exp_id, run_name=run_name,
-                            tags={k: redact(str(v)) for k, v in (tags or {}).items()})
+                            tags={k: redact(str(v)) for k, v in tags.items()})
+    if inputs:
+        client.log_inputs(run.info.run_id, datasets=inputs)
     return RunLogger(tracking_uri, run.info.run_id), True
 
 
@@ -189,6 +200,16 @@ def using(tracking_uri: str):
         mlflow.set_registry_uri(None)
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """What opens the runs of `tracking_uri`: a remote http(s) server's URL, else the
+    `mlflow ui --backend-store-uri URI` command (credentials redacted; the jobs print it)."""
+    import shlex
+    uri = redact(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 @contextmanager

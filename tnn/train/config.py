@@ -63,6 +63,11 @@ class TrainJobConfig:
     """Rows in each worker's local shuffle buffer (0: no shuffle)."""
     cache: bool = True
     """Materialise the projected fit set in the object store (epochs skip reading shards)."""
+    shard_in_memory: str = "auto"
+    """"auto": a worker whose rows stay the same every epoch (one worker, or shuffle="once")
+    reads its shard once into memory (if it takes <= 1/4 of the node's available memory) and
+    permutes it each epoch, skipping Ray Data's per-epoch start (`tnn.ray.local_shard`);
+    "never": always stream from the object store."""
     shuffle: str = "epoch"
     """Mixing across ranks. All but "local" shuffle the fit set once (seeded, all-to-all) before
     caching; "epoch" then deals small blocks to the ranks in a new order every epoch, so each
@@ -99,6 +104,8 @@ class TrainJobConfig:
             raise ConfigError(f"test_fold={self.test_fold} must lie in 0..{self.folds - 1}")
         if self.shuffle not in ("epoch", "once", "local"):
             raise ConfigError(f"shuffle={self.shuffle!r}: expected epoch, once or local")
+        if self.shard_in_memory not in ("auto", "never"):
+            raise ConfigError(f"shard_in_memory={self.shard_in_memory!r}: expected auto or never")
         if self.cpus_per_worker <= 0 or self.read_cpus <= 0 or self.subset < 0:
             raise ConfigError("cpus_per_worker and read_cpus must be > 0, subset >= 0")
         if self.readout_rows < 2:
