@@ -107,20 +107,20 @@ def test_a_killed_node_resumes_from_its_checkpoint(cluster, tmp_path, capsys):
     assert killer.killed in VICTIMS and len(c.worker_nodes) == 1  # one node was removed
 
     # one MLflow run, resumed once from the newest checkpoint when the node died (or the one
-    # before, if that one was in flight); on a loaded machine a checkpoint can land between
-    # the State API query and the end of remove_node, so the bound is the newest checkpoint
-    # once the node was gone
+    # before, if that one was in flight). Not bounded above by what storage held when
+    # remove_node returned: the raylet dies at once, but its worker learns of it a moment later
+    # and may finish the epoch's checkpoint first (seen: newest 4 at the kill, resumed from 5),
+    # which is then the run's last checkpoint
     uri = tracking.resolve(None, tmp_path / "mlflow")[0]
     run = tracking.RunLogger(uri, run_id)
     exp = run.client.get_experiment_by_name("tnn-train")
     assert [r.info.run_id for r in run.client.search_runs([exp.experiment_id])] == [run_id]
     assert run.client.get_run(run_id).info.status == "FINISHED"
     resumed = run.history("resumed_from_epoch")
-    latest, after = killer.latest_at_kill, killer.latest_after_kill
-    assert latest is not None and after is not None and 3 <= latest <= after, (latest, after)
-    assert after < SMALL["tnn.train.epochs"], after
-    assert len(resumed) == 1 and latest - 1 <= resumed[0][1] <= after, \
-        (resumed, latest, after, job.stderr[-3000:])
+    latest = killer.latest_at_kill
+    assert latest is not None and 3 <= latest < SMALL["tnn.train.epochs"], latest
+    assert len(resumed) == 1 and latest - 1 <= resumed[0][1] < SMALL["tnn.train.epochs"], \
+        (resumed, latest, killer.latest_after_kill, job.stderr[-3000:])
     epochs = [s for s, _ in run.history("val_map")]
     assert max(epochs) == SMALL["tnn.train.epochs"] and epochs[:2] == [1, 2]
 

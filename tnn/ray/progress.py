@@ -6,7 +6,7 @@ actor pinned to the driver's node, no CPU). A driver thread drains it while `tra
 runs, and once more after it returns, so nothing is lost; `TrainWatch` prints one line per
 epoch and logs the metrics into the job's MLflow run. So MLflow is used by the driver alone
 and its tracking URI (possibly `https://user:password@host`) is never shipped to a worker.
-Tune trials get the same lines from their results (`tnn.ray.tune.TrialRuns`):
+Tune trials get the same lines from their results (`tnn.ray.trial_runs.TrialRuns`):
 
     train: epoch 3/12  loss 0.4121  val MAP 0.7712  1830 samples/s  ~00:41 left
 
