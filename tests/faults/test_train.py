@@ -58,6 +58,20 @@ def last_line(capsys) -> re.Match:
     return match
 
 
+def the_one_finished_run(tmp_path: Path, run_id: str) -> list:
+    """Asserts that experiment tnn-train of the job's MLflow store (tmp_path/mlflow) holds
+    `run_id` alone, FINISHED, with validation MAP at every epoch 1..last (a resumed run logs the
+    epochs after its checkpoint again); returns its resumed_from_epoch history."""
+    uri = tracking.resolve(None, tmp_path / "mlflow")[0]
+    run = tracking.RunLogger(uri, run_id)
+    exp = run.client.get_experiment_by_name("tnn-train")
+    assert [r.info.run_id for r in run.client.search_runs([exp.experiment_id])] == [run_id]
+    assert run.client.get_run(run_id).info.status == "FINISHED"
+    epochs = [s for s, _ in run.history("val_map")]
+    assert max(epochs) == SMALL["tnn.train.epochs"] and epochs[:2] == [1, 2]
+    return run.history("resumed_from_epoch")
+
+
 @functools.cache  # seeded, so the same for every caller: test_node_death's too
 def one_process_map(**sets) -> float:
     """The single-process twin on the same split (`fit_tnn`, as jobs.crossval runs it)."""
@@ -141,15 +155,8 @@ def test_a_killed_worker_process_resumes_from_its_checkpoint(killed_worker_run, 
     assert len(killer.workers) == 2 and killer.pid is not None and not running(killer.pid)
 
     # one MLflow run, resumed once from the checkpoint of epoch 3 (or 2, if 3's was in flight)
-    uri = tracking.resolve(None, tmp_path / "mlflow")[0]
-    run = tracking.RunLogger(uri, run_id)
-    exp = run.client.get_experiment_by_name("tnn-train")
-    assert [r.info.run_id for r in run.client.search_runs([exp.experiment_id])] == [run_id]
-    assert run.client.get_run(run_id).info.status == "FINISHED"
-    resumed = run.history("resumed_from_epoch")
+    resumed = the_one_finished_run(tmp_path, run_id)
     assert len(resumed) == 1 and resumed[0][1] in (2.0, 3.0), resumed
-    epochs = [s for s, _ in run.history("val_map")]
-    assert max(epochs) == SMALL["tnn.train.epochs"] and epochs[:2] == [1, 2]
 
     twin = one_process_map()
     with capsys.disabled():

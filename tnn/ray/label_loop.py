@@ -44,7 +44,8 @@ from tnn.methods.tnn import check_finite
 from tnn.ray import local_shard
 from tnn.ray.prepare import Prepared
 from tnn.ray.progress import send
-from tnn.ray.workers import channel_of, report, run_epochs, scores, seed_of, shared_val_map
+from tnn.ray.workers import (WorkerRun, channel_of, report, run_epochs, scores, seed_of,
+                             shared_val_map)
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state
 from tnn.train.config import TrainJobConfig
@@ -67,22 +68,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 @dataclasses.dataclass
-class _Run:
-    """One worker's view of the run."""
+class _Run(WorkerRun):
+    """One worker's view of the run: `WorkerRun` (`net` is the `ProxyNet`: state dicts,
+    evaluation, the proxies) plus the cosine LR schedule (per batch), or None."""
 
-    cfg: TrainJobConfig
-    inputs: dict
-    rank: int
-    world: int
-    device: torch.device
-    net: ProxyNet  # the unwrapped network (state dicts, evaluation, the proxies)
-    model: nn.Module  # `net` as prepared by Ray (DDP when world > 1)
-    opt: torch.optim.Optimizer
-    sched: object  # the cosine LR schedule (per batch), or None
-    state: dict
-    channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
-    resumed: bool
-    sync_bn: bool
+    sched: object
 
 
 def _start(config: dict) -> _Run:
@@ -114,7 +104,7 @@ def _start(config: dict) -> _Run:
     channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
                          if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
-                sched, state, channel, checkpoint is not None, sync_bn)
+                state, channel, checkpoint is not None, sync_bn, sched=sched)
 
 
 def label_epoch(run: _Run, shard, local_batch: int, epoch: int, held: dict | None = None) -> dict:

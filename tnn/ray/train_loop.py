@@ -53,8 +53,8 @@ from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
 from tnn.ray import label_loop, local_shard
 from tnn.ray.prepare import Prepared
 from tnn.ray.progress import Channel, TrainWatch, send
-from tnn.ray.workers import (channel_of, report, run_epochs, scores, seed_of, shared_val_map,
-                             worker_config)
+from tnn.ray.workers import (WorkerRun, channel_of, report, run_epochs, scores, seed_of,
+                             shared_val_map, worker_config)
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import load_state, rng_state, set_rng_state, storage_of, widths
 from tnn.train.config import TrainJobConfig
@@ -86,23 +86,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 @dataclasses.dataclass
-class _Run:
-    """One worker's view of the run."""
+class _Run(WorkerRun):
+    """One worker's view of the run: `WorkerRun` plus the encoder and the loss settings."""
 
-    cfg: TrainJobConfig
-    inputs: dict
-    rank: int
-    world: int
-    device: torch.device
-    net: nn.Module  # the unwrapped network (state dicts, evaluation)
-    model: nn.Module  # `net` as prepared by Ray (DDP when world > 1)
-    opt: torch.optim.Optimizer
     encoder: Encoder
-    state: dict
     loss_kwargs: dict
-    channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
-    resumed: bool
-    sync_bn: bool
 
 
 def _start(config: dict) -> _Run:
@@ -131,9 +119,9 @@ def _start(config: dict) -> _Run:
     channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
                          if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
-                Encoder(a_in, v_in, net, *dims), state,
-                loss_kwargs(cfg.tnn, classes, net_out_dim(cfg.tnn, classes)), channel,
-                checkpoint is not None, sync_bn)
+                state, channel, checkpoint is not None, sync_bn,
+                encoder=Encoder(a_in, v_in, net, *dims),
+                loss_kwargs=loss_kwargs(cfg.tnn, classes, net_out_dim(cfg.tnn, classes)))
 
 
 def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, device,

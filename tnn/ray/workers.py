@@ -7,6 +7,7 @@ checkpoint. Workers get no MLflow tracking URI (`worker_config`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from typing import Callable
@@ -26,6 +27,24 @@ from tnn.ray.progress import send
 from tnn.train import distributed as tdist
 from tnn.train.checkpoints import save_checkpoint
 from tnn.train.config import TrainJobConfig
+
+
+@dataclasses.dataclass
+class WorkerRun:
+    """One worker's view of the run: what both loops hold (each loop's `_Run` adds its own)."""
+
+    cfg: TrainJobConfig
+    inputs: dict
+    rank: int
+    world: int
+    device: torch.device
+    net: nn.Module  # the unwrapped network (state dicts, evaluation)
+    model: nn.Module  # `net` as prepared by Ray (DDP when world > 1)
+    opt: torch.optim.Optimizer
+    state: dict
+    channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
+    resumed: bool
+    sync_bn: bool
 
 
 def seed_of(*parts: int) -> int:
