@@ -92,10 +92,15 @@ def wait_for_signal() -> None:
 
 
 def run(args, tmp: str) -> int:
-    started = up = False
+    started = up = local = False
     try:
         config, index, uri = settings(args, tmp)
+        # init_ray also says True when it connects to a cluster (RAY_ADDRESS, as under `ray job
+        # submit`): there the job deploys and ends, the app stays up (its controller and
+        # replicas are detached actors); only a Ray started here lives as long as this process.
+        cluster = bool(os.environ.get("RAY_ADDRESS"))
         started = init_ray()
+        local = started and not cluster
         url, status = serving.start(config, args.model, index, uri, host=args.host,
                                     port=args.port)
         up = True
@@ -104,12 +109,12 @@ def run(args, tmp: str) -> int:
               f"({status['rows']} rows) at {url}/search", flush=True)
         if args.smoke:
             print(smoke_queries(url), flush=True)
-        elif started:
+        elif local:
             wait_for_signal()
     except (TnnError, OSError) as err:
         return emit_error(JOB, err)
     finally:
-        if up and (started or args.smoke):
+        if up and (local or args.smoke):
             serving.stop()
         shutdown(started)
     return 0

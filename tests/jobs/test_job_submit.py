@@ -6,9 +6,11 @@ its own, with no S3 or MLflow settings in its environment: the jobs get them onl
 runtime_env they are submitted with (cluster/runtime_env.yaml plus env_vars), as on a cluster
 where they come from Secrets or instance profiles. Jobs, each by the `ray job submit` CLI with
 `--working-dir .`: make_shards to S3 -> crossval on those shards; train --smoke on them ->
-promote -> embed with `models:/tnn@champion` -> query; a 2-trial tune. Each must reach
-SUCCEEDED and print its summary line; the MLflow runs and aliases they made are read back from
-the SQLite store. At the end the head and every process under it are stopped by pid and
+promote -> embed with `models:/tnn@champion` -> query -> serve (the job deploys the search app
+and ends; the app, left up, answers POST /search over HTTP as in-process search of the same
+index and model does, then `serve shutdown` stops it and its processes); a 2-trial tune. Each
+must reach SUCCEEDED and print its summary line; the MLflow runs and aliases they made are read
+back from the SQLite store. At the end the head and every process under it are stopped by pid and
 checked gone (psutil). The session's in-process Ray is shut down first (`no_session_ray`: one
 Ray per machine) and comes back for later tests.
 """
@@ -20,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,13 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
-from tests.support import RAY_ENV, ROOT, free_ports, live, stop, tree
+from tests.support import RAY_ENV, ROOT, free_port, free_ports, live, running, stop, tree
 from tnn.data.sources import load_source
 
 RAY = Path(sys.executable).with_name("ray")
+SERVE = Path(sys.executable).with_name("serve")
 RUNTIME_ENV = ROOT / "cluster" / "runtime_env.yaml"
 # What a cluster's nodes would not have in their environment; the jobs must get it by runtime_env.
 JOB_ONLY = re.compile(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|ENDPOINT_URL.*|REGION|"
@@ -49,6 +54,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 class Head:
     address: str
     tmp: Path
+    pid: int                                       # `ray start --block`: its session is the head's
     env_vars: dict = field(default_factory=dict)   # for every job's runtime_env
     timings: dict = field(default_factory=dict)
 
@@ -98,7 +104,7 @@ def head(no_session_ray, s3_server, request):
         cwd=tmp, env=_head_env(), stdout=(tmp / "head.log").open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
-    h = Head(address, tmp, env_vars={k: v for k, v in os.environ.items()
+    h = Head(address, tmp, proc.pid, env_vars={k: v for k, v in os.environ.items()
                                      if JOB_ONLY.fullmatch(k) and k.startswith("AWS_")})
     try:
         deadline = time.monotonic() + 90
@@ -186,8 +192,8 @@ def test_crossval_job_reads_the_shards_and_writes_json_to_s3(head, shards):
                                                   abs=1e-4)
 
 
-@pytest.mark.timeout(400)
-def test_train_promote_embed_query_jobs_from_shards_to_retrieval(head, shards, tmp_path):
+@pytest.mark.timeout(460)
+def test_train_promote_embed_query_serve_jobs_from_shards_to_retrieval(head, shards, tmp_path):
     from mlflow import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -228,6 +234,60 @@ def test_train_promote_embed_query_jobs_from_shards_to_retrieval(head, shards, t
                   env_vars=mlflow_env, timeout=120)
     assert last_line(logs, "query").startswith(
         f"query: 2 audio queries -> top 5 visual clips of {index} (400 rows")
+    _serve_answers_as_in_process(head, index, uri, str(champion.version), run_id)
+
+
+def _serve_processes(h: Head) -> list[str]:
+    """The command lines of the head's Serve processes (controller, proxy, replicas)."""
+    out = []
+    for p in tree(h.pid, session=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if running(p) and re.search(r"ray::(Serve|ProxyActor)", cmd):
+            out.append(cmd)
+    return out
+
+
+def _serve_answers_as_in_process(h: Head, index: str, uri: str, version: str,
+                                 run_id: str) -> None:
+    """The documented `ray job submit ... python -m jobs.serve`: the job deploys the app and
+    ends (SUCCEEDED); the app, still up, answers POST /search in both modalities as in-process
+    search of the same index and model; `serve shutdown` then stops every Serve process."""
+    from tnn.ray.serving import Client
+    from tnn.tracking.query import query
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        logs = submit(h, "serve", ["--index", index, "--host", "127.0.0.1", "--port", str(port),
+                                   "--tracking-uri", uri], timeout=180)
+        assert last_line(logs, "serve") == (f"serve: tnn@champion (version {version}, run "
+                                            f"{run_id}) with {index} (400 rows) at {url}/search")
+        p, client = load_source("uci-mfeat"), Client(url)
+        for modality, rows in (("audio", [0, 1, 2]), ("visual", [3, 4])):
+            x = getattr(p, modality)[rows]
+            got = client.search({modality: x.tolist(), "k": 5})
+            want = query(index, x, modality, 5, model_uri="models:/tnn@champion",
+                         tracking_uri=uri).to_list()
+            assert got["model"]["version"] == version and len(got["results"]) == len(rows)
+            for g_row, w_row in zip(got["results"], want, strict=True):
+                assert [g["clip_id"] for g in g_row] == [w["clip_id"] for w in w_row]
+                assert max(abs(g["score"] - w["score"]) for g, w in zip(g_row, w_row)) <= 1e-6
+        assert _serve_processes(h)  # so that they are seen gone below
+    finally:
+        start = time.perf_counter()
+        cp = subprocess.run([str(SERVE), "shutdown", "-y", "--address", h.address], cwd=ROOT,
+                            env={**os.environ, **RAY_ENV}, capture_output=True, text=True,
+                            timeout=60)
+    assert cp.returncode == 0 and "Sent shutdown request" in cp.stdout + cp.stderr, cp.stderr
+    deadline = time.monotonic() + 60
+    while left := _serve_processes(h):
+        assert time.monotonic() < deadline, f"Serve processes still running: {left}"
+        time.sleep(0.25)
+    h.timings["serve shutdown"] = time.perf_counter() - start
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on the app's port any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.timeout(500)

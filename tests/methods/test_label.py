@@ -13,10 +13,11 @@ from tnn import methods as registry
 from tnn.core.folds import split, validation_split
 from tnn.data.sources import uci_mfeat
 from tnn.errors import ConfigError
-from tnn.methods import label, protocol, readout
+from tnn.methods import label, pairsplit, protocol, readout
 from tnn.methods.kcca import KCCAConfig, fit_kcca
 from tnn.methods.krr import KRRConfig, KRRProbs
 from tnn.methods.label import LabelConfig, ProxyNet, fit_label, posterior_rows, train_proxy_net
+from tnn.methods.pairsplit import PairSplit, SplitConfig
 from tnn.methods.readout import MixPad, map_of, pad_posterior, weight_grid
 
 
@@ -66,7 +67,8 @@ def row_keys(x):
 
 def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch):
     """Through the crossval protocol: the network, the kernel part and every choice (scales,
-    mixture weight, fallback) see no test-fold row; choices see exactly the validation rows."""
+    mixture weight, pair re-split, fallback) see no test-fold row; choices see exactly the
+    validation rows; the re-split's regressions the fit rows, then the training part."""
     pairs = small_pairs()
     assert len(row_keys(pairs.audio)) == pairs.n  # rows are identifiable by their features
     seen = {"deep": [], "kernel": [], "scored": []}
@@ -79,9 +81,18 @@ def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch)
     monkeypatch.setattr(label, "path_embed", spy("scored", label.path_embed, lambda a: a[1]))
     monkeypatch.setattr(label, "pick_krr", spy("krr", label.pick_krr, lambda a: (a[0], a[1])))
     monkeypatch.setattr(label, "krr_probs", spy("krr_refit", label.krr_probs, lambda a: a[0]))
-    seen["krr"], seen["krr_refit"] = [], []
-    cfg = protocol.CrossvalConfig(methods=("tnn-label",), folds=3,
-                                  settings=registry.MethodsConfig(tnn_label=small_cfg()))
+    fold = lambda: len(seen["deep"]) - 1  # noqa: E731
+    monkeypatch.setattr(label, "refit_split", spy("split_refit", label.refit_split,
+                                                  lambda a: fold()))
+    phase = lambda: "refit" if seen["split_refit"][-1:] == [fold()] else "choice"  # noqa: E731
+    monkeypatch.setattr(pairsplit, "split_models", spy("split_fit", pairsplit.split_models,
+                                                       lambda a: (fold(), phase(), row_keys(a[0]))))
+    monkeypatch.setattr(pairsplit, "apply_split", spy("split_val", pairsplit.apply_split,
+                                                      lambda a: (fold(), a[3])))
+    for key in ("krr", "krr_refit", "split_fit", "split_val", "split_refit"):
+        seen[key] = []
+    cfg = protocol.CrossvalConfig(methods=("tnn-label",), folds=3, settings=registry.MethodsConfig(
+        tnn_label=small_cfg(split=SplitConfig(min_confusions=1))))  # sure to find pairs
     folds = protocol.fold_ids(pairs, 3, 0)
     protocol.evaluate("tnn-label", pairs, folds, cfg, log=lambda *a, **k: None)
     assert len(seen["deep"]) == 3 and 3 <= len(seen["kernel"]) <= 6  # a refit per fold or not
@@ -103,6 +114,15 @@ def test_choices_see_only_the_validation_split_of_the_training_fold(monkeypatch)
         [(row_keys(f.audio), row_keys(v.audio)) for f, v in seen["deep"]]  # krr: fit / val only
     assert all(row_keys(t.audio) in [row_keys(pairs.audio[split(folds, f)[0]]) for f in range(3)]
                for t in seen["krr_refit"])  # refitted on a training part, never a test fold
+    assert {f for f, _, _ in seen["split_fit"]} == {0, 1, 2} and seen["split_val"]  # every fold
+    assert {p for _, p, _ in seen["split_fit"]} == {"choice", "refit"}  # chosen somewhere
+    for f, when, keys in seen["split_fit"]:  # its regressions: fit rows, then the training part
+        fit, train = seen["deep"][f][0], pairs.subset(split(folds, f)[0])
+        rows = (fit.audio, fit.visual) if when == "choice" else (train.audio, train.visual)
+        assert keys in [row_keys(x) for x in rows]
+    for f, x in seen["split_val"]:  # its choice: the fold's validation rows
+        val = seen["deep"][f][1]
+        assert row_keys(x) in (row_keys(val.audio), row_keys(val.visual))
     for _, val in seen["deep"]:  # each fold's choices scored both views of its validation rows
         assert any(row_keys(x) == row_keys(val.audio) for x in seen["scored"])
         assert any(row_keys(x) == row_keys(val.visual) for x in seen["scored"])

@@ -114,8 +114,31 @@ def test_cached_dataset_matches(ray_local, mfeat_s3):
 
 def test_ray_data_sees_its_cpus_quickly():
     """Ray Data reads its resource limits one RPC late and refreshes them every second; until
-    then it runs one read task at a time. `dataset` shortens the refresh; if a Ray upgrade
-    moves the setting, this fails (and the epoch-start serialisation is back)."""
+    then it runs one read task at a time. `refresh_limits_often` (opt-in: `dataset(...,
+    refresh_limits=True)`) shortens the refresh; if a Ray upgrade moves the setting, this fails."""
     from ray.data._internal.execution.resource_manager import ResourceManager
-    assert data.refresh_limits_often()
-    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= data.LIMITS_REFRESH_S
+    before = ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+    try:
+        assert data.refresh_limits_often()
+        assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= data.LIMITS_REFRESH_S
+    finally:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = before
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+@pytest.mark.timeout(120)
+def test_the_default_path_leaves_ray_private_settings_alone(ray_local, mfeat_s3):
+    """Reading with the defaults touches no private Ray attribute (issue #19); the opt-in
+    `refresh_limits=True` lowers the refresh interval when the plan executes."""
+    from ray.data._internal.execution.resource_manager import ResourceManager
+    before = ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+    assert before > data.LIMITS_REFRESH_S  # Ray's own default (1 s in 2.60)
+    try:
+        assert sum(len(b["label"]) for b in data.iter_numpy(data.dataset(mfeat_s3), 500)) == 2000
+        assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == before
+        ds = data.dataset(mfeat_s3, folds=[0], refresh_limits=True)
+        assert sum(len(b["label"]) for b in data.iter_numpy(ds, 500)) == 400
+        assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= data.LIMITS_REFRESH_S
+    finally:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = before

@@ -115,6 +115,7 @@ def test_train_epoch_reads_a_held_shard_once_and_streams_otherwise():
         assert out["steps"] == 6 and len(set(torch.cat([torch.as_tensor(r) for r in seen])
                                              .tolist())) == 192
         assert out["first_batch_s"] >= 0
+        assert 0 < out["train_cpu_s"] < out["train_s"] + 0.5  # this process's CPU in the epoch
     assert shard.reads == 1  # read once, then permuted in memory
     stream = LabelledShard(200)
     for epoch in (1, 2):

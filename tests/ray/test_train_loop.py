@@ -118,8 +118,11 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     err = max((net.state_dict()[k] - v).abs().max().item() for k, v in last.items())
     print(f"2 Ray Train workers vs run_epoch: parameters moved {moved:.2e}, differ by {err:.2e}")
     # float32: each rank's gradient is a sum over its 32 rows, added by the all-reduce, where one
-    # process sums 64 rows at once; over 3 epochs of Adam that reaches a few 1e-6 (once 6.6e-6)
-    assert err < 1e-5, f"parameters differ by {err:.2e} (moved {moved:.2e})"
+    # process sums 64 rows at once. Adam divides by the root of the squared gradients, so for
+    # near-zero gradient entries those last-bit differences grow; over 3 epochs the gap ranged
+    # 2e-6 .. 5.3e-5 (0.2 % of the movement) with the row order Ray Data dealt; the bound is
+    # 1 % of the movement.
+    assert err < 0.01 * moved, f"parameters differ by {err:.2e} (moved {moved:.2e})"
 
 
 def _arranged(rows, order, seed):
@@ -183,7 +186,10 @@ def test_tnn_label_one_worker_checkpoints_exports_and_matches_fit_label(ray_loca
     fit, val, test = split_in_memory(cfg)
     assert (prep.n_fit, prep.val.n) == (fit.n, val.n) and fit.n > 300
     sample = label_loop.readout_sample(prep, 300, 0)
-    assert sample.n == 300 and np.bincount(sample.labels).min() >= 25  # class-balanced
+    # class-balanced: Ray Data's random_sample keeps ~80 % of the ~41 fit rows per class (33 +- 4
+    # each, the block order it sees is not fixed), then the cut to 300 is stratified; a cut
+    # that is not (e.g. the first 300 rows of a class-sorted set) leaves classes far below 20
+    assert sample.n == 300 and np.bincount(sample.labels, minlength=10).min() >= 20
     everything = label_loop.readout_sample(prep, 10_000, 0)  # all rows, in fit-set order
     np.testing.assert_allclose(everything.audio, prep.audio_in(torch.from_numpy(fit.audio)),
                                atol=1e-5)

@@ -1,9 +1,11 @@
 """A fitted tnn-label encoder (posterior readout: `MixPad` of the network's and cluster-KCCA's
-class posteriors) and its cluster-KCCA fallback: checkpoint files (`tnn.train.checkpoints` via
-`tnn.train.module_spec`) and exported branches (`tnn.serve.export`) embed as the encoder does."""
+class posteriors, optionally re-split per class pair) and its cluster-KCCA fallback: checkpoint
+files (`tnn.train.checkpoints` via `tnn.train.module_spec`) and exported branches
+(`tnn.serve.export`) embed as the encoder does."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -14,6 +16,7 @@ from tnn.data.sources import uci_mfeat
 from tnn.errors import DataError
 from tnn.methods.kcca import KCCAConfig, fit_kcca
 from tnn.methods.label import LabelConfig, fit_label
+from tnn.methods.pairsplit import PairSplit, split_models
 from tnn.methods.readout import MixPad
 from tnn.serve import export
 from tnn.train import checkpoints, module_spec
@@ -72,3 +75,39 @@ def test_a_spec_that_does_not_match_the_weights_is_refused(label_encoder, tmp_pa
     (tmp_path / "encoder.json").write_text(json.dumps(spec))
     with pytest.raises(DataError, match="encoder.json"):
         checkpoints.load_encoder(tmp_path)
+
+
+def test_a_pair_split_survives_checkpoint_and_export(pairs, label_encoder, tmp_path):
+    """A readout with a non-trivial pairwise re-split (tnn.methods.pairsplit) on both sides:
+    the reloaded checkpoint and the exported branches embed (and rank) exactly as it does; a
+    file written before the re-split existed (no "split" in its spec) still loads without one."""
+    enc = copy.deepcopy(label_encoder)
+    xa, xv, y = pairs.audio, pairs.visual, pairs.labels
+    plain_a = enc.embed_audio(xa)
+    enc.audio_in.split = PairSplit([(6, 9), (1, 7)], split_models(xa, y, [(6, 9), (1, 7)], 1.0),
+                                   10, 2.0)
+    enc.visual_in.split = PairSplit([(3, 5)], split_models(xv, y, [(3, 5)], 0.1), 10, 0.5)
+    want_a, want_v = enc.embed_audio(xa), enc.embed_visual(xv)
+    assert np.abs(want_a - plain_a).max() > 0.05  # the split changes the posterior
+    checkpoints.save_checkpoint(tmp_path, {"epoch": 1, "history": []}, {}, enc, None, 10)
+    spec = json.loads((tmp_path / "encoder.json").read_text())
+    assert spec["audio_in"]["split"] == {"type": "pair_split", "scale": 2.0,
+                                         "pairs": [[6, 9], [1, 7]], "classes": 10,
+                                         "dim": xa.shape[1]}
+    back = checkpoints.load_encoder(tmp_path)
+    assert back.audio_in.split.scale == 2.0 and back.visual_in.split.scale == 0.5
+    assert np.array_equal(back.embed_audio(xa), want_a)
+    assert np.array_equal(back.embed_visual(xv), want_v)
+    for modality, x, want in (("audio", xa, want_a), ("visual", xv, want_v)):
+        export.export_branch(back, modality, tmp_path / modality)
+        embed, _ = export.load_branch(tmp_path / modality)
+        for n in (1, 7, len(x)):
+            assert np.abs(embed(x[:n]) - want[:n]).max() <= 1e-6
+    old = tmp_path / "old"
+    old.mkdir()
+    checkpoints.save_checkpoint(old, {"epoch": 1, "history": []}, {}, label_encoder, None, 10)
+    spec = json.loads((old / "encoder.json").read_text())
+    assert spec["audio_in"].pop("split") is None
+    (old / "encoder.json").write_text(json.dumps(spec))
+    assert checkpoints.load_encoder(old).audio_in.split is None
+    assert np.array_equal(checkpoints.load_encoder(old).embed_audio(xa), plain_a)

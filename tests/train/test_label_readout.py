@@ -15,7 +15,7 @@ from tnn.methods.kcca import KCCAConfig
 from tnn.methods.label import LabelConfig, fit_label
 from tnn.methods.linear import input_maps
 from tnn.methods.readout import MixPad
-from tnn.train.label_readout import choose_readout, deep_encoder, standardised
+from tnn.train.label_readout import choose_readout, deep_encoder, standardised, unstandardised
 
 
 def pairs():
@@ -59,11 +59,31 @@ def test_choices_and_test_map_equal_fit_labels_on_the_same_network(monkeypatch, 
     if isinstance(mem.audio_in, MixPad):
         assert enc.audio_in.weights == mem.audio_in.weights
         assert [m.scale for m in enc.audio_in.probs] == [m.scale for m in mem.audio_in.probs]
+        for side in ("audio_in", "visual_in"):  # the same pair re-split (fitted on raw rows)
+            got, want = getattr(enc, side).split, getattr(mem, side).split
+            assert (got is None) == (want is None)
+            if want is not None:
+                assert got.scale == want.scale and torch.equal(got.e_i, want.e_i) \
+                    and torch.equal(got.e_j, want.e_j)
+                np.testing.assert_allclose(got.weight, want.weight, rtol=1e-3, atol=1e-6)
     print(f"fallback={fallback}: {choice}; test MAP {mean_map(enc, test):.4f} (readout on the "
           f"trained net) vs {mean_map(mem, test):.4f} (fit_label)")
     assert abs(mean_map(enc, test) - mean_map(mem, test)) < 0.02  # kernel refit: other order
     assert choice["readout_rows"] == fit.n and choice["fallback"] == int(fallback)
     assert choice["left_out"] == 0
+
+
+def test_unstandardised_rows_are_the_raw_rows_to_float32_rounding():
+    data = pairs()
+    a_std, v_std = input_maps(data, LabelConfig().cca, project=False)
+    back = unstandardised(standardised(data, a_std, v_std), a_std, v_std)
+    for got, raw in ((back.audio, data.audio), (back.visual, data.visual)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, raw, rtol=0, atol=4 * np.spacing(np.abs(raw).max()))
+    assert np.array_equal(back.labels, data.labels)
+    a_cca, _ = input_maps(data, LabelConfig().cca, project=True)
+    with pytest.raises(ValueError, match="standardiser"):
+        unstandardised(data, a_cca, v_std)
 
 
 def test_deep_encoder_embeds_the_networks_posterior():

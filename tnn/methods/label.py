@@ -21,10 +21,15 @@ cluster-KCCA's posterior; every choice made on a validation split of the trainin
    - krr:    softmax(t'' * s(x)) of a per-view RBF kernel ridge classifier onto one-hot labels
      (`tnn.methods.krr`; its bandwidth, ridge and t'' picked on validation).
    t (`temps`), t' (`kernel_scales`) and the weights w (every tuple of `mix_grid` levels, one
-   per component, summing to 1) are the argmax of validation MAP; with `fallback`, plain
-   cluster-KCCA is returned instead when its validation MAP is higher than the mixture's.
-3. Once chosen, the closed-form parts with w > 0 (kernel, krr; and the fallback) are refitted
-   on the whole training data at the chosen settings; the network keeps its fit-part training.
+   per component, summing to 1) are the argmax of validation MAP.
+3. Pairwise re-split (`tnn.methods.pairsplit`, `split`): per view, the class pairs its mixed
+   posterior confuses most on validation get their mass p_i + p_j re-split by a binary
+   logistic regression on the raw features; C and a sharpness per view (0 = off) chosen on
+   validation MAP. With `fallback`, plain cluster-KCCA is returned instead when its
+   validation MAP is higher than the (re-split) mixture's.
+4. Once chosen, the closed-form parts with w > 0 (kernel, krr, the re-split's regressions; and
+   the fallback) are refitted on the whole training data at the chosen settings; the network
+   keeps its fit-part training.
 
 The validation split (`val_fraction`, class-balanced, seed `seed`) is carved from the training
 data given to `fit_label`; the test fold is never seen. Measurements: docs (issue #15 notes).
@@ -50,6 +55,7 @@ from tnn.methods.kcca import KCCAConfig, fit_kcca
 from tnn.methods.krr import KRRConfig, krr_probs, pick_krr
 from tnn.methods.linear import CCAConfig, input_maps
 from tnn.methods.loop import fit_epochs, new_state, restore_best
+from tnn.methods.pairsplit import SplitConfig, mixture_split, refit_split
 from tnn.methods.readout import (DeepProbs, MixPad, kernel_probs, map_of, pad_posterior,
                                  path_embed, pick_scale, pick_weights, probs_of, weight_grid)
 from tnn.methods.tnn import check_finite, e2e_dim
@@ -91,8 +97,11 @@ class LabelConfig:
     (kernel ridge classifier), in this order."""
     krr: KRRConfig = dataclasses.field(default_factory=KRRConfig)
     """The kernel ridge classifier's grids (bandwidth scale, ridge, scale)."""
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    """The pairwise re-split of each view's most confused class pairs (max_pairs 0: off)."""
     fallback: bool = True
-    """Return plain cluster-KCCA when it scores higher on validation than the mixture."""
+    """Return plain cluster-KCCA when it scores higher on validation than the (re-split)
+    mixture."""
     val_fraction: float = 0.15
     seed: int = 0
     """Seed of the validation split, the weights and the batch order."""
@@ -270,6 +279,7 @@ def fit_label(train: Pairs, cfg: LabelConfig, log: Log = print) -> Encoder:
     probs = [(probs_of(parts[c][0], val.audio), probs_of(parts[c][1], val.visual))
              for c in cfg.components]
     weights, mixed = pick_weights(probs, val.labels, cfg.mix_grid, cfg.components, log)
+    choice, mixed = mixture_split(probs, weights, fit, val, mixed, cfg.split, log)
     if cfg.fallback:
         ka, kv, _ = parts["kernel"]
         plain = map_of(path_embed(ka.path, val.audio), path_embed(kv.path, val.visual), val.labels)
@@ -279,5 +289,7 @@ def fit_label(train: Pairs, cfg: LabelConfig, log: Log = print) -> Encoder:
     chosen = [(refit(c, parts[c], train, cfg, log), w)
               for c, w in zip(cfg.components, weights) if w > 0]
     ws = [w for _, w in chosen]
-    return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0), MixPad([m[1] for m, _ in chosen], ws, 1),
+    sa, sv = refit_split(choice, train.audio, train.visual, train.labels, train.num_classes)
+    return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0, sa),
+                   MixPad([m[1] for m, _ in chosen], ws, 1, sv),
                    None, train.audio.shape[1], train.visual.shape[1])

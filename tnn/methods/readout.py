@@ -17,7 +17,9 @@ Posteriors are mixed, p = sum_i w_i p_i (`MixPad`), among them:
 
 (and the kernel ridge classifier's of `tnn.methods.krr`). s, t and the weights w are picked on
 a validation split (`pick_scale`; `pick_weights` over `weight_grid`, or `pick_mix` for two): the
-value with the highest mean of a->v and v->a MAP, the first one on ties.
+value with the highest mean of a->v and v->a MAP, the first one on ties. The mixture may then
+be refined per view by a pairwise re-split of its most confused classes (`MixPad.split`,
+`tnn.methods.pairsplit`).
 """
 
 from __future__ import annotations
@@ -78,10 +80,14 @@ class MixPad(nn.Module):
     """x -> pad_posterior(sum_i w_i p_i(x), side): the mixed posterior as a unit row whose
     cosine with the other side's is P(same class). Components with w_i = 0 are dropped here
     (never evaluated nor saved); the other weights are the buffer `mix` (C,), so the state_dict
-    holds them and an exported program reads them like any other constant."""
+    holds them and an exported program reads them like any other constant. `split` (optional,
+    `tnn.methods.pairsplit.PairSplit`) refines the mixed posterior, (p, x) -> p, before the
+    padding."""
 
-    def __init__(self, probs: Sequence[nn.Module], weights: Sequence[float], side: int) -> None:
+    def __init__(self, probs: Sequence[nn.Module], weights: Sequence[float], side: int,
+                 split: nn.Module | None = None) -> None:
         super().__init__()
+        self.split = split
         if len(probs) != len(weights) or not any(w > 0 for w in weights):
             raise ValueError(f"MixPad needs one weight per component and one > 0, got "
                              f"{len(probs)} components and weights {list(weights)}")
@@ -96,6 +102,8 @@ class MixPad(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = sum(self.mix[i].to(x.dtype) * m(x) for i, m in enumerate(self.probs))
+        if self.split is not None:
+            p = self.split(p, x)
         return pad_posterior(p, self.side)
 
 

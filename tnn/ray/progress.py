@@ -4,8 +4,11 @@ Rank 0 of a Ray Train run `send`s each epoch's metrics, a resume, the final scor
 tnn-label's readout lines to a `ray.util.queue.Queue` that the driver created (`Channel`: an
 actor pinned to the driver's node, no CPU). A driver thread drains it while `trainer.fit()`
 runs, and once more after it returns, so nothing is lost; `TrainWatch` prints one line per
-epoch and logs the metrics into the job's MLflow run. So MLflow is used by the driver alone
-and its tracking URI (possibly `https://user:password@host`) is never shipped to a worker.
+epoch and logs the metrics into the job's MLflow run. The thread waits in long blocking gets
+(a message is handled as soon as it arrives) and is woken by a stop message at the end: every
+get is an actor call, and short polls were a steady load beside the training workers. So
+MLflow is used by the driver alone and its tracking URI (possibly
+`https://user:password@host`) is never shipped to a worker.
 Tune trials get the same lines from their results (`tnn.ray.trial_runs.TrialRuns`):
 
     train: epoch 3/12  loss 0.4121  val MAP 0.7712  1830 samples/s  ~00:41 left
@@ -22,6 +25,8 @@ import threading
 from typing import Callable
 
 from tnn.errors import redact
+
+_STOP = ("tnn-progress-stop", None)  # `Channel.__exit__` -> the driver thread: return
 
 
 def clock(seconds: float) -> str:
@@ -75,9 +80,10 @@ class Channel:
     """`with Channel(handle) as queue:` a queue on the driver's node for rank 0's messages
     (`queue` goes into the train loop's config); `handle(kind, payload)` runs on a driver
     thread as they arrive and for what is left when the block ends. Errors in `handle` are
-    one warning line each (the run goes on)."""
+    one warning line each (the run goes on). `poll_s`: the longest blocking get (the thread
+    is woken at the end by a stop message; `poll_s` bounds the wait if that is lost)."""
 
-    def __init__(self, handle: Callable[[str, object], None], poll_s: float = 0.25) -> None:
+    def __init__(self, handle: Callable[[str, object], None], poll_s: float = 5.0) -> None:
         import ray
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -94,10 +100,16 @@ class Channel:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        try:
+            self.queue.put(_STOP, timeout=self.poll_s)  # wakes the thread's blocking get
+        except Exception:  # the queue actor is gone: the thread's get fails and it returns
+            pass
         self._thread.join()
         try:
             while not self.queue.empty():
-                self._one(self.queue.get_nowait())
+                item = self.queue.get_nowait()
+                if item != _STOP:
+                    self._one(item)
         except Exception as err:  # Empty, or the queue actor is gone (its node died)
             if not isinstance(err, stdlib_queue.Empty) and type(err).__name__ != "Empty":
                 print(f"warning: progress channel lost: {type(err).__name__}",
@@ -118,6 +130,8 @@ class Channel:
             except Exception as err:  # the queue actor is gone: the run is failing anyway
                 print(f"warning: progress channel closed: {type(err).__name__}",
                       file=sys.stderr, flush=True)
+                return
+            if item == _STOP:
                 return
             self._one(item)
 

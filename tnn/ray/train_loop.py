@@ -69,7 +69,8 @@ def train_loop_per_worker(config: dict) -> None:
     if run.state["done"]:  # a finished run launched again: report its result, train nothing
         ray.train.report(run.state["final"])
         return
-    t, shard, rows_seen = run.cfg.tnn.train, ray.train.get_dataset_shard("fit"), []
+    t, shard = run.cfg.tnn.train, ray.train.get_dataset_shard("fit")
+    rows_seen = [] if config.get("record_rows") else None
     held = local_shard.holder(run.cfg.shard_in_memory, run.world, run.cfg.shuffle,
                               run.inputs["n_fit"], run.inputs["dims"])
 
@@ -127,11 +128,13 @@ def _start(config: dict) -> _Run:
 def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, device,
                 rows_seen=None, held: dict | None = None) -> dict:
     """One pass over this rank's shard through the global-batch loss; mean terms, samples/s,
-    the wait for the first batch. `seed`: (train seed, epoch, rank); `held`: the worker's
+    the wait for the first batch, the CPU seconds of this worker process in the epoch
+    (`train_cpu_s`: below `train_s` when other processes held the CPU, bench/train_scaling).
+    `seed`: (train seed, epoch, rank); `held`: the worker's
     `tnn.ray.local_shard.holder` (None: stream). A NaN or inf output, loss or parameter stops
     the run (`check_finite`) before the epoch's checkpoint, so the last one stays good."""
     model.train()
-    sums, steps, start, first = {}, 0, time.perf_counter(), None
+    sums, steps, start, first, cpu = {}, 0, time.perf_counter(), None, time.process_time()
     for batch in local_shard.epoch_batches(held or {"local": False}, shard, local_batch,
                                            seed_of(*seed), device, shuffle_buffer):
         first = time.perf_counter() - start if first is None else first
@@ -151,7 +154,8 @@ def train_epoch(model, opt, shard, kwargs, local_batch, seed, shuffle_buffer, de
     check_finite(seed[1], steps, **dict(model.named_parameters()))  # before a checkpoint
     seconds = time.perf_counter() - start
     return {**{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
-            "train_s": seconds, "first_batch_s": first or 0.0,
+            "train_s": seconds, "train_cpu_s": time.process_time() - cpu,
+            "first_batch_s": first or 0.0,
             "samples_per_s": steps * local_batch * tdist.world_size() / seconds}
 
 

@@ -9,10 +9,13 @@ fit rows: all of them, or a seeded sample of at most `TrainJobConfig.readout_row
 2. cluster-KCCA fitted on `rows` and its centroid posterior's scale (`kernel_scales`);
 3. the kernel ridge classifier (`tnn.methods.krr.pick_krr`) fitted on `rows`, its setting picked
    on validation, when `krr` is one of the `components`;
-4. the mixture weights over the `components` (`mix_grid`, `pick_weights`); with `fallback`,
-   plain cluster-KCCA when it scores higher on validation than the mixture;
+4. the mixture weights over the `components` (`mix_grid`, `pick_weights`), then the pairwise
+   re-split (`tnn.methods.pairsplit.mixture_split`), whose regressions take raw features: they
+   are fitted on `rows` mapped back through the standardisers (`unstandardised`); with
+   `fallback`, plain cluster-KCCA when it scores higher on validation than the mixture;
 5. the closed-form parts with a weight > 0 (or the fallback) refitted on `rows` + the
-   validation rows, as `fit_label` refits them on its whole training data.
+   validation rows, as `fit_label` refits them on its whole training data (the re-split's
+   regressions on the raw form of the same rows).
 Cluster-KCCA and the kernel ridge classifier cost O(n m (D + m)) for n rows and m landmarks (`KCCAConfig.rank`), which is why
 n is bounded on the distributed path; the network itself saw every fit row.
 """
@@ -25,11 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tnn.core.encoder import Encoder
+from tnn.core.encoder import Affine, Encoder
 from tnn.data.pairs import Pairs
 from tnn.methods.kcca import fit_kcca
 from tnn.methods.label import LabelConfig, ProxyNet
 from tnn.methods.krr import krr_probs, pick_krr
+from tnn.methods.pairsplit import mixture_split, refit_split
 from tnn.methods.readout import (DeepProbs, MixPad, kernel_probs, map_of, path_embed,
                                  pick_scale, pick_weights, probs_of)
 
@@ -51,6 +55,21 @@ def standardised(val: Pairs, audio_in: nn.Module, visual_in: nn.Module) -> Pairs
         a, v = (m(torch.from_numpy(x)).numpy() for m, x in ((audio_in, val.audio),
                                                               (visual_in, val.visual)))
     return Pairs(a, v, val.labels, val.clip_ids, val.class_names, val.name)
+
+
+def unstandardised(rows: Pairs, audio_in: nn.Module, visual_in: nn.Module) -> Pairs:
+    """Standardised `rows` mapped back to raw features: the inverse x = z / d + mean of each
+    standardiser `Affine` x -> (x - mean) @ diag(d), in float64, then float32 as raw rows are
+    (equal to the raw rows up to float32 rounding)."""
+    def back(z: np.ndarray, stage: nn.Module) -> np.ndarray:
+        w = stage.weight.double().numpy() if isinstance(stage, Affine) else None
+        if w is None or w.shape[0] != w.shape[1] or np.count_nonzero(w - np.diag(np.diag(w))):
+            raise ValueError("tnn-label's readout needs a per-feature standardiser as its input "
+                             f"stage to recover raw features, got {stage}")
+        return (np.asarray(z, np.float64) / np.diag(w) + stage.mean.double().numpy()
+                ).astype(np.float32)
+    return Pairs(back(rows.audio, audio_in), back(rows.visual, visual_in), rows.labels,
+                 rows.clip_ids, rows.class_names, rows.name)
 
 
 def joined(rows: Pairs, more: Pairs) -> Pairs:
@@ -77,9 +96,13 @@ def choose_readout(net: ProxyNet, audio_in: nn.Module, visual_in: nn.Module, row
     comps = tuple(cfg.components)
     probs = [(probs_of(parts[c][0], val.audio), probs_of(parts[c][1], val.visual)) for c in comps]
     weights, mixed = pick_weights(probs, val.labels, cfg.mix_grid, comps, log)
+    raw = unstandardised(rows, audio_in, visual_in) if cfg.split.max_pairs else rows  # off: unused
+    split, split_map = mixture_split(probs, weights, raw, val, mixed, cfg.split, log)
     choice = {"readout_rows": rows.n, "mix_val_map": mixed, "fallback": 0, "left_out": 0,
               **{f"{c}_weight": float(w) for c, w in zip(comps, weights)},
-              **{f"{c}_scale": float(parts[c][0].scale) for c in comps}}
+              **{f"{c}_scale": float(parts[c][0].scale) for c in comps},
+              **split_numbers(split, split_map)}
+    mixed = split_map
     whole = joined(rows, standardised(val, audio_in, visual_in))
     if cfg.fallback:
         ka, kv, _ = parts["kernel"]
@@ -92,9 +115,20 @@ def choose_readout(net: ProxyNet, audio_in: nn.Module, visual_in: nn.Module, row
                 {**choice, "fallback": 1}
     chosen = [(_refit(c, parts[c], whole, audio_in, visual_in, cfg, log), w)
               for c, w in zip(comps, weights) if w > 0]
-    ws = [w for _, w in chosen]
-    return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0),
-                   MixPad([m[1] for m, _ in chosen], ws, 1), None, *dims), choice
+    ws, raw = [w for _, w in chosen], joined(raw, val)
+    sa, sv = refit_split(split, raw.audio, raw.visual, raw.labels, val.num_classes)
+    return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0, sa),
+                   MixPad([m[1] for m, _ in chosen], ws, 1, sv), None, *dims), choice
+
+
+def split_numbers(split, val_map: float) -> dict:
+    """The re-split's choice as numbers: C (0 = off), t and pair count per view, its val MAP."""
+    on = split is not None
+    return {"split_strength": float(split.strength) if on else 0.0,
+            "split_temp_audio": float(split.temps[0]) if on else 0.0,
+            "split_temp_visual": float(split.temps[1]) if on else 0.0,
+            "split_pairs_audio": len(split.pairs[0]) if on else 0,
+            "split_pairs_visual": len(split.pairs[1]) if on else 0, "split_val_map": val_map}
 
 
 def _parts(net, audio_in, visual_in, rows: Pairs, val: Pairs, cfg: LabelConfig, log: Log) -> dict:

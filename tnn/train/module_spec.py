@@ -15,11 +15,14 @@ a list of `Affine` shapes plus the method config of the network; tnn-label's rea
              | {"type": "deep_probs", "scale", "stage": <module>, "branch": <module>, "proxies": [C, k]}
              | {"type": "kernel_probs", "scale", "path": <module>, "centroids": [C, k]}
              | {"type": "krr_probs", "scale", "path": <module>, "classes": C}
-             | {"type": "mix_pad", "side": 0 | 1, "probs": [<module>, ...]}
+             | {"type": "mix_pad", "side": 0 | 1, "probs": [<module>, ...],
+                  "split": null | <module>}
+             | {"type": "pair_split", "scale", "pairs": [[i, j], ...], "classes": C, "dim": D}
 
 Every number the modules compute with is a parameter or buffer (so it is in the state dict:
-`MixPad`'s weights included), except the readout temperatures (`scale`) and the kernel type,
-which are part of the structure and kept in the spec.
+`MixPad`'s weights and the pair re-split's regressions included), except the readout
+temperatures (`scale`, the re-split's sharpness too) and the kernel type, which are part of the
+structure and kept in the spec. A "mix_pad" without "split" (older files) has none.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tnn.core.model import Branch, BranchConfig
 from tnn.errors import ConfigError
 from tnn.methods.kcca import KernelMap
 from tnn.methods.krr import KRRProbs
+from tnn.methods.pairsplit import PairSplit
 from tnn.methods.readout import DeepProbs, KernelProbs, MixPad
 
 KIND = "modules"
@@ -65,7 +69,12 @@ def describe(m: nn.Module) -> dict:
         return {"type": "krr_probs", "scale": float(m.scale), "path": describe(m.path),
                 "classes": int(m.bias.shape[0])}
     if isinstance(m, MixPad):
-        return {"type": "mix_pad", "side": int(m.side), "probs": [describe(p) for p in m.probs]}
+        return {"type": "mix_pad", "side": int(m.side), "probs": [describe(p) for p in m.probs],
+                "split": None if m.split is None else describe(m.split)}
+    if isinstance(m, PairSplit):
+        pairs = [[int(m.e_i[k].argmax()), int(m.e_j[k].argmax())] for k in range(len(m.bias))]
+        return {"type": "pair_split", "scale": float(m.scale), "pairs": pairs,
+                "classes": int(m.e_i.shape[1]), "dim": int(m.mu.shape[1])}
     raise ConfigError(f"cannot save an encoder holding a {type(m).__name__} module "
                       "(tnn.train.module_spec describes the known ones)")
 
@@ -97,9 +106,24 @@ def build(spec: dict, limit: int | None = None) -> nn.Module:
         return KRRProbs(sub(spec["path"]), np.zeros(_shape([spec["classes"]], 1, limit)),
                         float(spec["scale"]))
     if kind == "mix_pad":
+        split = spec.get("split")
         return MixPad([sub(p) for p in spec["probs"]], [1.0] * len(spec["probs"]),
-                      int(spec["side"]))
+                      int(spec["side"]), None if split is None else sub(split))
+    if kind == "pair_split":
+        return _pair_split(spec, limit)
     raise ValueError(f"unknown module type {kind!r}")
+
+
+def _pair_split(spec: dict, limit: int | None) -> PairSplit:
+    """An empty `PairSplit` of a "pair_split" spec (its pairs checked against the classes)."""
+    pairs = [(int(i), int(j)) for i, j in spec["pairs"]]
+    classes = _shape([spec["classes"]], 1, limit)[0]
+    k, dim = _shape([len(pairs), spec["dim"]], 2, limit)
+    if not pairs or any(not 0 <= i < classes or not 0 <= j < classes for i, j in pairs):
+        raise ValueError(f"pair_split pairs {pairs} are not pairs of {classes} classes")
+    _shape([k, classes], 2, limit)
+    zero = (np.zeros(dim), np.zeros(dim), 0.0)
+    return PairSplit(pairs, [zero] * k, classes, float(spec["scale"]))
 
 
 def _shape(shape, ndim: int, limit: int | None) -> tuple[int, ...]:
