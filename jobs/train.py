@@ -1,7 +1,7 @@
 """Train a TNN pipeline on Ray Train, tracked in MLflow, and print the test-fold MAP.
 
     python -m jobs.train                      # bundled data, local Ray, local MLflow (./runs)
-    python -m jobs.train --smoke              # 2 epochs on 600 clips: seconds after Ray starts
+    python -m jobs.train --smoke              # 2 epochs on 600 clips: ~1 min on 2 cores
     python -m jobs.train --config jobs/configs/two_stage.yaml --set workers=1
     python -m jobs.train --data s3://bucket/tnn/mfeat --set storage_path=s3://bucket/tnn/runs \\
         --set run_name=mfeat-e2e             # the same run_name again resumes that run
