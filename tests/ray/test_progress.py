@@ -37,21 +37,44 @@ class FakeLogger:
     def metrics(self, metrics, step=None):
         self.logged.append((dict(metrics), step))
 
+    def history(self, key):
+        return sorted((step, m[key]) for m, step in self.logged if key in m)
+
 
 def test_train_watch_logs_what_rank_0_logged_and_prints_a_line_per_epoch():
     lines, logger = [], FakeLogger()
     watch = TrainWatch(3, logger, log=lambda s, **k: lines.append(s))
+    first = {"epoch": 1, "val_map": 0.5}
     epoch = {"epoch": 2, "total": 0.5, "val_map": 0.6, "samples_per_s": 100.0, "elapsed_s": 2.0}
-    watch("resumed", 1)
+    logger.metrics(first, step=1)  # logged by the launch before
+    watch("resumed", {"epoch": 1, "history": [first]})
     watch("epoch", epoch)
     watch("line", "readout: s=16")
     watch("final", {"epoch": 3, "val_map": 0.7})
-    assert logger.logged == [({"resumed_from_epoch": 1}, 1), (epoch, 2),
+    assert logger.logged == [(first, 1), ({"resumed_from_epoch": 1}, 1), (epoch, 2),
                              ({"final_epoch": 3, "final_val_map": 0.7}, 3)]
     assert lines == ["train: resumed after epoch 1",
                      "train: epoch 2/3  loss 0.5000  val MAP 0.6000  100 samples/s  ~00:02 left",
                      "train: readout: s=16"]
     TrainWatch(3, None, log=lambda s, **k: lines.append(s))("epoch", epoch)  # MLflow off
+
+
+def test_a_resume_logs_the_checkpoints_epochs_that_a_killed_driver_never_logged():
+    """The CI failure of session 6: the driver was killed with epochs 3-6 trained and
+    checkpointed but still in its queue; the relaunch resumed after epoch 6 and ran none, so
+    MLflow's history stopped at epoch 2. The checkpoint's history fills the gap, once."""
+    lines, logger = [], FakeLogger()
+    history = [{"epoch": e, "total": 1.0 / e, "val_map": 0.1 * e} for e in range(1, 7)]
+    for m in history[:2]:
+        logger.metrics(m, step=m["epoch"])
+    watch = TrainWatch(6, logger, log=lambda s, **k: lines.append(s))
+    watch("resumed", {"epoch": 6, "history": history})
+    assert [s for s, _ in logger.history("val_map")] == [1, 2, 3, 4, 5, 6]
+    assert logger.logged[-1] == ({"resumed_from_epoch": 6}, 6)
+    assert lines == ["train: resumed after epoch 6 (epochs 3-6 logged from the checkpoint)"]
+    watch("resumed", {"epoch": 6, "history": history})  # a second restart logs nothing twice
+    assert [s for s, _ in logger.history("val_map")] == [1, 2, 3, 4, 5, 6]
+    assert lines[-1] == "train: resumed after epoch 6"
 
 
 def test_init_ray_is_quiet_unless_verbose(monkeypatch):

@@ -101,8 +101,8 @@ def _start(config: dict) -> _Run:
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-    channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
-                         if checkpoint is not None and not state["done"] else None)
+    channel = channel_of(config, ctx.get_world_rank(),
+                         state if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
                 state, channel, checkpoint is not None, sync_bn, sched=sched)
 

@@ -4,7 +4,9 @@ Rank 0 of a Ray Train run `send`s each epoch's metrics, a resume, the final scor
 tnn-label's readout lines to a `ray.util.queue.Queue` that the driver created (`Channel`: an
 actor pinned to the driver's node, no CPU). A driver thread drains it while `trainer.fit()`
 runs, and once more after it returns, so nothing is lost; `TrainWatch` prints one line per
-epoch and logs the metrics into the job's MLflow run. The thread waits in long blocking gets
+epoch and logs the metrics into the job's MLflow run. A driver killed mid-run loses what its
+queue held: the relaunch's resume message carries the checkpoint's epoch history, and the
+epochs the MLflow run lacks are logged then. The thread waits in long blocking gets
 (a message is handled as soon as it arrives) and is woken by a stop message at the end: every
 get is an actor call, and short polls were a steady load beside the training workers. So
 MLflow is used by the driver alone and its tracking URI (possibly
@@ -155,13 +157,26 @@ class TrainWatch:
                 self.logger.metrics(payload, step=payload["epoch"])
             self.log(self.clock.line(payload), flush=True)
         elif kind == "resumed":
-            self.clock.resumed(payload)
+            epoch = int(payload["epoch"])
+            self.clock.resumed(epoch)
+            late = self._log_missing(payload["history"]) if self.logger else []
             if self.logger:
-                self.logger.metrics({"resumed_from_epoch": payload}, step=payload)
-            self.log(f"{self.clock.prefix}resumed after epoch {payload}", flush=True)
+                self.logger.metrics({"resumed_from_epoch": epoch}, step=epoch)
+            note = f" (epochs {late[0]}-{late[-1]} logged from the checkpoint)" if late else ""
+            self.log(f"{self.clock.prefix}resumed after epoch {epoch}{note}", flush=True)
         elif kind == "final":
             if self.logger:
                 self.logger.metrics({f"final_{k}": v for k, v in payload.items()},
                                     step=payload["epoch"])
         elif kind == "line":
             self.log(f"{self.clock.prefix}{payload}", flush=True)
+
+    def _log_missing(self, history: list[dict]) -> list[int]:
+        """Log the checkpoint's epochs that the MLflow run lacks (its `val_map` steps); the
+        epochs logged. A driver killed with epochs still in its queue, or before handling
+        them, lost them; the checkpoint's state kept every epoch's metrics."""
+        have = {step for step, _ in self.logger.history("val_map")}
+        late = [m for m in history if int(m["epoch"]) not in have]
+        for m in late:
+            self.logger.metrics(m, step=int(m["epoch"]))
+        return [int(m["epoch"]) for m in late]

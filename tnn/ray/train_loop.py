@@ -117,8 +117,8 @@ def _start(config: dict) -> _Run:
     if checkpoint is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-    channel = channel_of(config, ctx.get_world_rank(), state["epoch"]
-                         if checkpoint is not None and not state["done"] else None)
+    channel = channel_of(config, ctx.get_world_rank(),
+                         state if checkpoint is not None and not state["done"] else None)
     return _Run(cfg, inputs, ctx.get_world_rank(), ctx.get_world_size(), device, net, model, opt,
                 state, channel, checkpoint is not None, sync_bn,
                 encoder=Encoder(a_in, v_in, net, *dims),

@@ -86,12 +86,14 @@ def worker_config(cfg: TrainJobConfig) -> dict:
     return out
 
 
-def channel_of(config: dict, rank: int, resumed_from: int | None):
-    """Rank 0's channel to the driver (None elsewhere, or when the driver keeps none); a
-    resumed launch says from which epoch (the driver logs `resumed_from_epoch`)."""
+def channel_of(config: dict, rank: int, resumed: dict | None):
+    """Rank 0's channel to the driver (None elsewhere, or when the driver keeps none). A
+    launch that resumes the unfinished state `resumed` (from a checkpoint) sends its epoch and
+    its epochs' metrics: the driver logs `resumed_from_epoch` and any epoch the run's MLflow
+    history lacks (a driver killed while its queue still held epochs never logged them)."""
     channel = config.get("progress") if rank == 0 else None
-    if resumed_from is not None:
-        send(channel, "resumed", resumed_from)
+    if resumed is not None:
+        send(channel, "resumed", {"epoch": resumed["epoch"], "history": resumed["history"]})
     return channel
 
 
