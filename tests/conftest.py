@@ -11,18 +11,24 @@
   module asked for `no_session_ray` (tests/jobs/test_job_submit.py does, to run a head of its
   own). It depends on `s3_server` so Ray workers inherit the AWS environment, and runs with
   `tests.support.RAY_ENV`. Never more than one Ray per machine.
+- `_no_leftovers` (every test): each process the session starts carries a session id in its
+  environment; at the end, any still running 20 s after the fixtures stopped theirs (a Ray
+  actor that outlived its raylet, a server a test forgot) is killed by pid and named in one
+  warning line, so the next run on the machine does not share its 2 cores with it.
 Helpers that test modules import (paths, the moto server, process trees) are in tests/support.py.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 
 import pytest
 import torch
 
-from tests.support import RAY_ENV, start_moto, stop
+from tests.support import RAY_ENV, SESSION_TAG, describe, kill, start_moto, stop, tagged
 
 # The suite's models are small: one intra-op thread is faster than two spinning threads on the
 # 2-core CI machine, where the moto server and Ray workers share the cores.
@@ -31,12 +37,36 @@ torch.set_num_threads(1)
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
             "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "tnn-test"
+LEFTOVERS: list[str] = []
 
 
 def pytest_configure(config):
     # Ray Data's own DataContext copy trips its deprecated-property warnings; not ours to fix.
     config.addinivalue_line("filterwarnings",
                             "ignore::DeprecationWarning:ray.data.context")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers():
+    """Tags what the session starts; kills and names what is left of it at the end."""
+    tag = uuid.uuid4().hex
+    os.environ[SESSION_TAG] = tag
+    yield
+    deadline = time.monotonic() + 20  # Ray's processes wind down after `ray.shutdown()`
+    while tagged(tag, {os.getpid()}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = tagged(tag, {os.getpid()})
+    if left:
+        names = ", ".join(describe(p) for p in left[:5])
+        kill(left)
+        LEFTOVERS.append(f"warning: {len(left)} process(es) the tests started outlived them, "
+                         f"killed: {names}")
+    os.environ.pop(SESSION_TAG, None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in LEFTOVERS:  # `_no_leftovers`' finding, after the session's fixtures ended
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@
 - `tree`, `running`, `live`, `kill`: a process and everything it started, by psutil. A
   `psutil.Process` remembers its start time, so a pid reused by a newer process is never taken
   for ours; a zombie counts as dead (killed, not yet reaped by its parent).
+- `SESSION_TAG`, `tagged`: every process a test session starts inherits `SESSION_TAG=<id>` in
+  its environment (tests/conftest.py sets it), so what outlives its parent is still found.
 """
 
 from __future__ import annotations
@@ -132,3 +134,29 @@ def kill(procs: Iterable[psutil.Process]) -> None:
                 p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+SESSION_TAG = "TNN_TEST_SESSION"
+
+
+def tagged(tag: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Running processes (not `exclude`) whose environment has `SESSION_TAG=tag`: what a test
+    session started, wherever it sits now (a Ray worker whose raylet died is re-parented)."""
+    out = []
+    for p in psutil.process_iter():
+        if p.pid in exclude:
+            continue
+        try:
+            if p.environ().get(SESSION_TAG) == tag and running(p):
+                out.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return out
+
+
+def describe(p: psutil.Process) -> str:
+    """`pid command line` (60 characters), or `pid (gone)`."""
+    try:
+        return f"{p.pid} {' '.join(p.cmdline())[:60]}"
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return f"{p.pid} (gone)"
