@@ -13,8 +13,8 @@
   `tests.support.RAY_ENV`. Never more than one Ray per machine.
 - `_no_leftovers` (every test): each process the session starts carries a session id in its
   environment; at the end, any still running 20 s after the fixtures stopped theirs (a Ray
-  actor that outlived its raylet, a server a test forgot) is killed by pid and named in one
-  warning line, so the next run on the machine does not share its 2 cores with it.
+  actor that outlived its raylet, a server a test forgot; not pytest's own multiprocessing
+  resource tracker, which ends with it) is killed by pid and named in one warning line, so the next run on the machine does not share its 2 cores with it.
 Helpers that test modules import (paths, the moto server, process trees) are in tests/support.py.
 """
 
@@ -28,7 +28,8 @@ import uuid
 import pytest
 import torch
 
-from tests.support import RAY_ENV, SESSION_TAG, describe, kill, start_moto, stop, tagged
+from tests.support import (RAY_ENV, SESSION_TAG, companions, describe, kill, start_moto, stop,
+                           tagged)
 
 # The suite's models are small: one intra-op thread is faster than two spinning threads on the
 # 2-core CI machine, where the moto server and Ray workers share the cores.
@@ -52,10 +53,11 @@ def _no_leftovers():
     tag = uuid.uuid4().hex
     os.environ[SESSION_TAG] = tag
     yield
+    ours = {os.getpid()} | companions()
     deadline = time.monotonic() + 20  # Ray's processes wind down after `ray.shutdown()`
-    while tagged(tag, {os.getpid()}) and time.monotonic() < deadline:
+    while tagged(tag, ours) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = tagged(tag, {os.getpid()})
+    left = tagged(tag, ours)
     if left:
         names = ", ".join(describe(p) for p in left[:5])
         kill(left)

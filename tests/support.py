@@ -154,6 +154,19 @@ def tagged(tag: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
     return out
 
 
+def companions() -> set[int]:
+    """This process's own multiprocessing helpers (resource tracker, forkserver): they end with
+    it by design (EOF on their pipe), so they are not leftovers of a test."""
+    out = set()
+    for child in psutil.Process().children():
+        try:
+            if "from multiprocessing." in " ".join(child.cmdline()):
+                out.add(child.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return out
+
+
 def describe(p: psutil.Process) -> str:
     """`pid command line` (60 characters), or `pid (gone)`."""
     try:
