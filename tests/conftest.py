@@ -14,7 +14,8 @@
 - `_no_leftovers` (every test): each process the session starts carries a session id in its
   environment; at the end, any still running 20 s after the fixtures stopped theirs (a Ray
   actor that outlived its raylet, a server a test forgot; not pytest's own multiprocessing
-  resource tracker, which ends with it) is killed by pid and named in one warning line, so the next run on the machine does not share its 2 cores with it.
+  resource tracker, which ends with it) is killed by pid and named in one warning line, so
+  the next run on the machine does not share its 2 cores with it.
 Helpers that test modules import (paths, the moto server, process trees) are in tests/support.py.
 """
 

@@ -137,6 +137,7 @@ def kill(procs: Iterable[psutil.Process]) -> None:
 
 
 SESSION_TAG = "TNN_TEST_SESSION"
+_GONE = (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess)  # cannot be read
 
 
 def tagged(tag: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
@@ -149,7 +150,7 @@ def tagged(tag: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
         try:
             if p.environ().get(SESSION_TAG) == tag and running(p):
                 out.append(p)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        except _GONE:
             pass
     return out
 
@@ -162,7 +163,7 @@ def companions() -> set[int]:
         try:
             if "from multiprocessing." in " ".join(child.cmdline()):
                 out.add(child.pid)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        except _GONE:
             pass
     return out
 
@@ -171,5 +172,5 @@ def describe(p: psutil.Process) -> str:
     """`pid command line` (60 characters), or `pid (gone)`."""
     try:
         return f"{p.pid} {' '.join(p.cmdline())[:60]}"
-    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+    except _GONE:
         return f"{p.pid} (gone)"

@@ -159,8 +159,9 @@ class TrainWatch:
         elif kind == "resumed":
             epoch = int(payload["epoch"])
             self.clock.resumed(epoch)
-            late = self._log_missing(payload["history"]) if self.logger else []
+            late = []
             if self.logger:
+                late = self._log_missing(payload["history"])
                 self.logger.metrics({"resumed_from_epoch": epoch}, step=epoch)
             note = f" (epochs {late[0]}-{late[-1]} logged from the checkpoint)" if late else ""
             self.log(f"{self.clock.prefix}resumed after epoch {epoch}{note}", flush=True)
