@@ -81,6 +81,11 @@ def test_train_spelling_options_and_switches(tmp_path, capsys):
     assert crossval.main(["--experiment", " "]) == 2
     assert capsys.readouterr().err == ("crossval: error: mlflow.experiment: empty; name an "
                                        "MLflow experiment\n")
+    one = crossval.build_config(crossval.parse_args(["--set", "tnn_label.krr.scalings=[feature]"]))
+    assert one.settings.tnn_label.krr.scalings == ("feature",)
+    assert crossval.main(["--set", "tnn_label.krr.scalings=[sideways]"]) == 2
+    assert capsys.readouterr().err == ("crossval: error: tnn_label.krr.scalings must be distinct "
+                                       "names of ('feature', 'global'), got ('sideways',)\n")
 
 
 def test_smoke_runs_every_registered_method(tmp_path):

@@ -71,6 +71,7 @@ def test_choices_and_test_map_equal_fit_labels_on_the_same_network(monkeypatch, 
     assert abs(mean_map(enc, test) - mean_map(mem, test)) < 0.02  # kernel refit: other order
     assert choice["readout_rows"] == fit.n and choice["fallback"] == int(fallback)
     assert choice["left_out"] == 0
+    assert ("krr_global" in choice) == ("krr" in components)
 
 
 def test_unstandardised_rows_are_the_raw_rows_to_float32_rounding():
@@ -99,16 +100,18 @@ def test_deep_encoder_embeds_the_networks_posterior():
     np.testing.assert_allclose(enc.embed_visual(data.visual), want[1], atol=1e-6)
 
 
-def test_a_three_part_readout_checkpoints_and_exports(tmp_path):
+@pytest.mark.parametrize("scaling", ["feature", "global"])
+def test_a_three_part_readout_checkpoints_and_exports(tmp_path, scaling):
     """deep + kernel + krr (the default components), every weight > 0 (levels 0.25 / 0.5):
-    the encoder round-trips through a checkpoint (`module_spec`) and the exported program."""
-    from tnn.methods.krr import KRRProbs
+    the encoder round-trips through a checkpoint (`module_spec`) and the exported program,
+    with either input scaling of the kernel ridge classifier."""
+    from tnn.methods.krr import KRRConfig, KRRProbs
     from tnn.methods.tnn import TNNConfig
     from tnn.serve import export
     from tnn.train import checkpoints
     data = pairs()
     cfg = LabelConfig(hidden=(16,), epochs=0, kcca=KCCAConfig(rank=60), fallback=False,
-                      mix_grid=(0.25, 0.5))
+                      mix_grid=(0.25, 0.5), krr=KRRConfig(scalings=(scaling,)))
     assert cfg.components == ("deep", "kernel", "krr")
     a_std, v_std = input_maps(data, cfg.cca, project=False)
     torch.manual_seed(0)
@@ -116,6 +119,7 @@ def test_a_three_part_readout_checkpoints_and_exports(tmp_path):
     enc, choice = choose_readout(net, a_std, v_std, standardised(data, a_std, v_std), data, cfg,
                                  log=lambda s: None)
     assert choice["left_out"] == 0 and min(choice[f"{c}_weight"] for c in cfg.components) > 0
+    assert choice["krr_global"] == float(scaling == "global")
     assert any(isinstance(m, KRRProbs) for m in enc.visual_in.probs)
     want_a, want_v = enc.embed_audio(data.audio), enc.embed_visual(data.visual)
     (tmp_path / "ck").mkdir()

@@ -19,7 +19,7 @@ cluster-KCCA's posterior; every choice made on a validation split of the trainin
    - kernel: softmax over cosines of the cluster-KCCA embedding to the class centroids at
      scale t' (`KernelProbs`);
    - krr:    softmax(t'' * s(x)) of a per-view RBF kernel ridge classifier onto one-hot labels
-     (`tnn.methods.krr`; its bandwidth, ridge and t'' picked on validation).
+     (`tnn.methods.krr`; its input scaling, bandwidth, ridge and t'' picked on validation).
    t (`temps`), t' (`kernel_scales`) and the weights w (every tuple of `mix_grid` levels, one
    per component, summing to 1) are the argmax of validation MAP.
 3. Pairwise re-split (`tnn.methods.pairsplit`, `split`): per view, the class pairs its mixed
@@ -266,7 +266,7 @@ def refit(name: str, part: tuple, train: Pairs, cfg: LabelConfig, log: Log) -> t
         a, v = kernel_probs(train, cfg.kcca, cfg.cca, log)
         a.scale = v.scale = setting
     elif name == "krr":
-        a, v = krr_probs(train, cfg.krr, *setting)
+        a, v = krr_probs(train, cfg.krr, setting)
     return a, v
 
 

@@ -7,15 +7,17 @@ fit rows: all of them, or a seeded sample of at most `TrainJobConfig.readout_row
 (raw validation rows):
 1. the deep posterior's scale s * t, t in `temps` (`pick_scale`);
 2. cluster-KCCA fitted on `rows` and its centroid posterior's scale (`kernel_scales`);
-3. the kernel ridge classifier (`tnn.methods.krr.pick_krr`) fitted on `rows`, its setting picked
-   on validation, when `krr` is one of the `components`;
+3. the kernel ridge classifier (`tnn.methods.krr.pick_krr`), its setting picked on validation,
+   when `krr` is one of the `components`; it takes raw features, as in `fit_label` (its own
+   scaling is one of its choices), so it is fitted on `rows` mapped back through the
+   standardisers (`unstandardised`);
 4. the mixture weights over the `components` (`mix_grid`, `pick_weights`), then the pairwise
-   re-split (`tnn.methods.pairsplit.mixture_split`), whose regressions take raw features: they
-   are fitted on `rows` mapped back through the standardisers (`unstandardised`); with
-   `fallback`, plain cluster-KCCA when it scores higher on validation than the mixture;
+   re-split (`tnn.methods.pairsplit.mixture_split`), whose regressions take raw features too
+   (fitted on the same unstandardised rows); with `fallback`, plain cluster-KCCA when it scores
+   higher on validation than the mixture;
 5. the closed-form parts with a weight > 0 (or the fallback) refitted on `rows` + the
-   validation rows, as `fit_label` refits them on its whole training data (the re-split's
-   regressions on the raw form of the same rows).
+   validation rows, as `fit_label` refits them on its whole training data (the kernel ridge
+   classifier's and the re-split's on the raw form of the same rows).
 Cluster-KCCA and the kernel ridge classifier cost O(n m (D + m)) for n rows and m landmarks (`KCCAConfig.rank`), which is why
 n is bounded on the distributed path; the network itself saw every fit row.
 """
@@ -92,15 +94,18 @@ def choose_readout(net: ProxyNet, audio_in: nn.Module, visual_in: nn.Module, row
     """(the encoder, the choices as numbers) of the module docstring; `net` in eval mode."""
     dims = (val.audio.shape[1], val.visual.shape[1])
     net.eval()
-    parts = _parts(net, audio_in, visual_in, rows, val, cfg, log)
     comps = tuple(cfg.components)
+    needs_raw = cfg.split.max_pairs or "krr" in comps
+    raw = unstandardised(rows, audio_in, visual_in) if needs_raw else rows  # else unused
+    parts = _parts(net, audio_in, visual_in, rows, raw, val, cfg, log)
     probs = [(probs_of(parts[c][0], val.audio), probs_of(parts[c][1], val.visual)) for c in comps]
     weights, mixed = pick_weights(probs, val.labels, cfg.mix_grid, comps, log)
-    raw = unstandardised(rows, audio_in, visual_in) if cfg.split.max_pairs else rows  # off: unused
     split, split_map = mixture_split(probs, weights, raw, val, mixed, cfg.split, log)
     choice = {"readout_rows": rows.n, "mix_val_map": mixed, "fallback": 0, "left_out": 0,
               **{f"{c}_weight": float(w) for c, w in zip(comps, weights)},
               **{f"{c}_scale": float(parts[c][0].scale) for c in comps},
+              **({"krr_global": float(parts["krr"][2].scaling == "global")}
+                 if "krr" in comps else {}),
               **split_numbers(split, split_map)}
     mixed = split_map
     whole = joined(rows, standardised(val, audio_in, visual_in))
@@ -113,9 +118,10 @@ def choose_readout(net: ProxyNet, audio_in: nn.Module, visual_in: nn.Module, row
             return Encoder(nn.Sequential(audio_in, *ck.audio_in),
                            nn.Sequential(visual_in, *ck.visual_in), None, *dims), \
                 {**choice, "fallback": 1}
-    chosen = [(_refit(c, parts[c], whole, audio_in, visual_in, cfg, log), w)
+    raw = joined(raw, val)
+    chosen = [(_refit(c, parts[c], whole, raw, audio_in, visual_in, cfg, log), w)
               for c, w in zip(comps, weights) if w > 0]
-    ws, raw = [w for _, w in chosen], joined(raw, val)
+    ws = [w for _, w in chosen]
     sa, sv = refit_split(split, raw.audio, raw.visual, raw.labels, val.num_classes)
     return Encoder(MixPad([m[0] for m, _ in chosen], ws, 0, sa),
                    MixPad([m[1] for m, _ in chosen], ws, 1, sv), None, *dims), choice
@@ -131,10 +137,12 @@ def split_numbers(split, val_map: float) -> dict:
             "split_pairs_visual": len(split.pairs[1]) if on else 0, "split_val_map": val_map}
 
 
-def _parts(net, audio_in, visual_in, rows: Pairs, val: Pairs, cfg: LabelConfig, log: Log) -> dict:
+def _parts(net, audio_in, visual_in, rows: Pairs, raw: Pairs, val: Pairs, cfg: LabelConfig,
+           log: Log) -> dict:
     """`tnn.methods.label.val_parts` with the trained network: {name: (audio, visual posterior
-    modules taking raw inputs, setting to refit with)}; the closed-form parts are fitted on the
-    standardised `rows` and composed with the standardisers."""
+    modules taking raw inputs, setting to refit with)}; cluster-KCCA is fitted on the
+    standardised `rows` and composed with the standardisers, the kernel ridge classifier on
+    `raw` (the same rows unstandardised)."""
     parts = {}
     if "deep" in cfg.components:
         da = DeepProbs(audio_in, net.net.audio_branch, net.proxies, cfg.scale)
@@ -145,8 +153,8 @@ def _parts(net, audio_in, visual_in, rows: Pairs, val: Pairs, cfg: LabelConfig, 
         ka, kv = _composed(kernel_probs(rows, cfg.kcca, cfg.cca, log), audio_in, visual_in)
         parts["kernel"] = (ka, kv, pick_scale(ka, kv, cfg.kernel_scales, val, "kernel", log))
     if "krr" in cfg.components:
-        setting, ra, rv = pick_krr(rows, standardised(val, audio_in, visual_in), cfg.krr, log)
-        parts["krr"] = (*_composed((ra, rv), audio_in, visual_in), setting)
+        setting, ra, rv = pick_krr(raw, val, cfg.krr, log)
+        parts["krr"] = (ra, rv, setting)
     return parts
 
 
@@ -157,14 +165,14 @@ def _composed(mods: tuple, audio_in: nn.Module, visual_in: nn.Module) -> tuple:
     return a, v
 
 
-def _refit(name: str, part: tuple, whole: Pairs, audio_in, visual_in, cfg: LabelConfig,
-           log: Log) -> tuple:
+def _refit(name: str, part: tuple, whole: Pairs, raw: Pairs, audio_in, visual_in,
+           cfg: LabelConfig, log: Log) -> tuple:
     """A chosen component for the final encoder: the network as trained; the closed-form ones
-    refitted on `whole` (rows + validation, standardised) at their picked settings."""
+    refitted on rows + validation (`whole` standardised, `raw` not) at their picked settings."""
     a, v, setting = part
     if name == "kernel":
         a, v = _composed(kernel_probs(whole, cfg.kcca, cfg.cca, log), audio_in, visual_in)
         a.scale = v.scale = setting
     elif name == "krr":
-        a, v = _composed(krr_probs(whole, cfg.krr, *setting), audio_in, visual_in)
+        a, v = krr_probs(raw, cfg.krr, setting)
     return a, v
