@@ -224,7 +224,7 @@ def test_one_model_by_alias_version_and_run_equals_the_encoder(logged):
         np.testing.assert_allclose(a, enc.embed_audio(uci.audio), atol=1e-6, rtol=0)
         np.testing.assert_allclose(v, enc.embed_visual(uci.visual), atol=1e-6, rtol=0)
     # the pyfunc itself: audio by default, the branch by the `modality` param
-    np.testing.assert_array_equal(loaded.model.predict(uci.audio[:5]), a[:5])
+    np.testing.assert_allclose(loaded.model.predict(uci.audio[:5]), a[:5], atol=1e-6, rtol=0)
     with pytest.raises(Exception, match="shape"):
         loaded.audio.predict(uci.visual)
     with pytest.raises(Exception, match="modality must be 'audio' or 'visual'; got 'smell'"):
