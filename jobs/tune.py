@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     where = ", ".join(f"{k}={v}" for k, v in best["params"].items()) if best else "-"
     score = f"{best[space.metric]:.4f} (test {best.get('test_map', float('nan')):.4f})" \
         if best else "-"
-    print(f"{JOB}: best {space.metric} {score} at {where} of {len(rows)} trials "
+    trials = f"{len(rows)} trial" + "s" * (len(rows) != 1)
+    print(f"{JOB}: best {space.metric} {score} at {where} of {trials} "
           f"({n['finished']} finished, {n['stopped']} stopped, {n['error']} failed) in "
           f"{time.perf_counter() - start:.0f} s, parent run {report['parent_run_id']}",
           flush=True)

@@ -8,7 +8,7 @@ where they come from Secrets or instance profiles. Jobs, each by the `ray job su
 `--working-dir .`: make_shards to S3 -> crossval on those shards; train --smoke on them ->
 promote -> embed with `models:/tnn@champion` -> query -> serve (the job deploys the search app
 and ends; the app, left up, answers POST /search over HTTP as in-process search of the same
-index and model does, then `serve shutdown` stops it and its processes); a 2-trial tune. Each
+index and model does, then `serve shutdown` stops it and its processes); a 1-trial tune. Each
 must reach SUCCEEDED and print its summary line; the MLflow runs and aliases they made are read
 back from the SQLite store. At the end the head and every process under it are stopped by pid and
 checked gone (psutil). The session's in-process Ray is shut down first (`no_session_ray`: one
@@ -291,15 +291,18 @@ def _serve_answers_as_in_process(h: Head, index: str, uri: str, version: str,
 
 
 @pytest.mark.timeout(500)
-def test_tune_job_two_trials_make_a_parent_and_two_child_runs(head, shards, tmp_path):
+def test_tune_job_makes_a_parent_and_a_child_run(head, shards, tmp_path):
+    """One trial (a trial costs ~60 s here): the job runs under `ray job submit` and logs its
+    parent and child runs; ASHA stopping trials and several children: tests/ray/test_tune.py."""
     from mlflow import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logs = submit(head, "tune", ["--space", "tune_spaces/margin_cca.yaml", "--smoke",
-                                 "--set", "params=[{key: tnn.train.margin, grid: [0.2, 0.5]}]",
+                                 "--trials", "1",
+                                 "--set", "params=[{key: tnn.train.margin, grid: [0.2]}]",
                                  "--data", shards, "--tracking-uri", uri,
                                  "--set", f"base.storage_path={tmp_path / 'tune'}"],
                   timeout=460)
-    match = re.search(r"of 2 trials \((\d+) finished, (\d+) stopped, 0 failed\) in \d+ s, "
+    match = re.search(r"of 1 trial \((\d+) finished, (\d+) stopped, 0 failed\) in \d+ s, "
                       r"parent run (\w+)$", last_line(logs, "tune"))
     assert match, logs[-3000:]
     client = MlflowClient(uri)
@@ -307,6 +310,6 @@ def test_tune_job_two_trials_make_a_parent_and_two_child_runs(head, shards, tmp_
     assert parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.params["tnn.train.margin"] for c in children) == ["0.2", "0.5"]
-    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
-    assert parent.data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+    (child,) = children
+    assert child.data.params["tnn.train.margin"] == "0.2" and child.info.status == "FINISHED"
+    assert parent.data.tags["best_child_run_id"] == child.info.run_id

@@ -44,10 +44,10 @@ from tnn.methods.tnn import check_finite
 from tnn.ray import local_shard
 from tnn.ray.prepare import Prepared
 from tnn.ray.progress import send
-from tnn.ray.workers import (WorkerRun, channel_of, report, run_epochs, scores, seed_of,
-                             shared_val_map)
+from tnn.ray.workers import (WorkerRun, channel_of, report, resume_state, run_epochs, scores,
+                             seed_of, shared_val_map)
 from tnn.train import distributed as tdist
-from tnn.train.checkpoints import load_state, rng_state, set_rng_state
+from tnn.train.checkpoints import rng_state, set_rng_state
 from tnn.train.config import TrainJobConfig
 from tnn.train.label_readout import choose_readout, deep_encoder
 from tnn.train.proxy import global_proxy_loss
@@ -84,8 +84,7 @@ def _start(config: dict) -> _Run:
     net = ProxyNet(*inputs["dims"], inputs["num_classes"], lab)
     state, checkpoint = new_state(net), ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d)
+        state = resume_state(checkpoint)
         net.load_state_dict(state["net"])
     sync_bn = ctx.get_world_size() > 1 and device.type == "cuda"  # SyncBatchNorm needs CUDA
     if sync_bn:

@@ -53,10 +53,10 @@ from tnn.methods.tnn import build_net, check_finite, loss_kwargs, net_out_dim
 from tnn.ray import label_loop, local_shard
 from tnn.ray.prepare import Prepared
 from tnn.ray.progress import Channel, TrainWatch, send
-from tnn.ray.workers import (WorkerRun, channel_of, report, run_epochs, scores, seed_of,
-                             shared_val_map, worker_config)
+from tnn.ray.workers import (WorkerRun, channel_of, report, resume_state, run_epochs, scores,
+                             seed_of, shared_val_map, worker_config)
 from tnn.train import distributed as tdist
-from tnn.train.checkpoints import load_state, rng_state, set_rng_state, storage_of, widths
+from tnn.train.checkpoints import rng_state, set_rng_state, storage_of, widths
 from tnn.train.config import TrainJobConfig
 
 # --- the worker loop -------------------------------------------------------------------------
@@ -105,8 +105,7 @@ def _start(config: dict) -> _Run:
     net = build_net(cfg.tnn, a_in, v_in, widths(dims, classes))
     state, checkpoint = new_state(), ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d)
+        state = resume_state(checkpoint)
         net.load_state_dict(state["net"])
     sync_bn = ctx.get_world_size() > 1 and device.type == "cuda"  # SyncBatchNorm needs CUDA
     if sync_bn:

@@ -25,7 +25,7 @@ from tnn.errors import redact
 from tnn.methods.loop import fit_epochs
 from tnn.ray.progress import send
 from tnn.train import distributed as tdist
-from tnn.train.checkpoints import save_checkpoint
+from tnn.train.checkpoints import load_state, save_checkpoint
 from tnn.train.config import TrainJobConfig
 
 
@@ -45,6 +45,20 @@ class WorkerRun:
     channel: object  # rank 0's queue to the driver (`tnn.ray.progress`), else None
     resumed: bool
     sync_bn: bool
+
+
+def resume_state(checkpoint: ray.train.Checkpoint) -> dict:
+    """The training state (`load_state`) of the checkpoint a (re)started worker resumes from.
+    A checkpoint on remote storage is downloaded into a temporary folder of this process's
+    own, removed after reading: `Checkpoint.as_directory` shares one folder per node among the
+    workers and deletes it when its last reader leaves, so a worker arriving just after that
+    finds it gone ("Checkpoint directory ... does not exist, even though it should have been
+    created by another process": seen on 2 workers of one node restarting under load)."""
+    from pyarrow import fs
+    if isinstance(checkpoint.filesystem, fs.LocalFileSystem):
+        return load_state(checkpoint.path)
+    with tempfile.TemporaryDirectory(prefix="tnn-resume-") as d:
+        return load_state(checkpoint.to_directory(d))
 
 
 def seed_of(*parts: int) -> int:
