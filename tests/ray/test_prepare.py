@@ -1,6 +1,6 @@
 """tnn.ray.prepare without Ray: the statistics transforms add up to the in-memory fit, the
 input stages from statistics equal `tnn.methods.linear.input_maps`, projection and id selection are
-plain batch functions. The Ray Data pass itself runs in tests/test_train_loop.py."""
+plain batch functions. The Ray Data pass itself runs in tests/ray/test_train_loop.py."""
 
 from __future__ import annotations
 

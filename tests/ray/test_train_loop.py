@@ -1,6 +1,8 @@
 """tnn.ray.train_loop: the job config without Ray (the early-stopping state: tests/methods/test_loop.py;
-the run note: tests/train/test_checkpoints.py); then, on the session Ray, the distributed statistics pass (`tnn.ray.prepare.prepare`) and ONE 2-worker Train run that
-must match one process running `run_epoch` on the same global batches."""
+the run note: tests/train/test_checkpoints.py); then, on the session Ray, the driver's data plan
+(`tnn.ray.prepare`: the Ray Data statistics pass of shard sets, the in-memory fit set built on the
+driver) and ONE 2-worker Train run that must match one process running `run_epoch` on the same
+global batches."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tnn.errors import ConfigError
 from tnn.core.model import TwoBranchNet
 from tnn.methods.linear import CCAConfig, input_maps_from_stats
 from tnn.methods.tnn import TNNConfig, TrainConfig, build_net, loss_kwargs, net_out_dim, run_epoch
-from tnn.ray.prepare import prepare
+from tnn.ray.prepare import arrays_dataset, dataset_stats, in_memory_dataset, prepare
 from tnn.core.folds import validation_split
 from tnn.core.metrics import cross_modal_scores
 from tnn.methods.label import LabelConfig, fit_label
@@ -74,11 +76,14 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     fit, val, test = split_in_memory(cfg)
     assert (prep.n_fit, prep.val.n, prep.test.n) == (fit.n, val.n, test.n)
 
-    # the statistics pass over Ray Data blocks equals the in-memory statistics and fit
+    # the statistics pass over Ray Data blocks (the shard sets' path) equals the in-memory
+    # statistics (in-memory sources compute them on the driver) and fit
     want = CCAStats.from_arrays(fit.audio, fit.visual, fit.labels, 10)
+    passed = dataset_stats(arrays_dataset(fit, blocks=5), 10)
     for key, value in want.to_dict().items():
         np.testing.assert_allclose(prep.stats.to_dict()[key], value, rtol=1e-12, atol=1e-9)
-    two_stage = input_maps_from_stats(prep.stats, EQUIV.cca, 10, project=True)  # two-stage
+        np.testing.assert_allclose(passed.to_dict()[key], value, rtol=1e-12, atol=1e-9)
+    two_stage = input_maps_from_stats(passed, EQUIV.cca, 10, project=True)  # two-stage
     (_, sx), (_, sy), z = standardized_stats(want)
     proj = fit_cca(z, 4, ridge=1e-3, beta=0.2)
     np.testing.assert_allclose(two_stage[0][1].weight.numpy(), proj.A, rtol=1e-5, atol=1e-6)
@@ -123,6 +128,39 @@ def test_distributed_statistics_and_two_workers_equal_one_process(ray_local, tmp
     # 2e-6 .. 5.3e-5 (0.2 % of the movement) with the row order Ray Data dealt; the bound is
     # 1 % of the movement.
     assert err < 0.01 * moved, f"parameters differ by {err:.2e} (moved {moved:.2e})"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("shuffle", ["epoch", "once", "local"])
+def test_in_memory_fit_set_is_projected_shuffled_and_blocked_on_the_driver(ray_local, shuffle):
+    """In-memory sources skip the Ray Data pass: the fit set is permuted with the run's seed
+    (kept in order for shuffle="local"), projected by the input stages, and cut into the blocks
+    the ranks are dealt; each row keeps its fit-set index."""
+    cfg = TrainJobConfig(subset=300, tnn=EQUIV, workers=2, shuffle=shuffle,
+                         mlflow=MLflowConfig(enabled=False))
+    fit, _, _ = split_in_memory(cfg)
+    stages = input_maps_from_stats(CCAStats.from_arrays(fit.audio, fit.visual, fit.labels, 10),
+                                   CCAConfig(dim=4), 10, project=True)
+    got = []
+    for _ in range(2):
+        ds = in_memory_dataset(cfg, fit, *stages).materialize()
+        parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        got.append(np.concatenate([b["row"] for b in parts]))
+    assert ds.num_blocks() == (16 if shuffle == "epoch" else 8)  # clip(n // 64, 8 * workers)
+    cols = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    assert sorted(cols["row"]) == list(range(fit.n))
+    if shuffle == "local":
+        assert list(got[0]) == list(range(fit.n)) == list(got[1])
+    else:
+        assert list(got[0]) != list(range(fit.n))
+    if shuffle != "epoch":  # the same seeded permutation every time; "epoch" deals blocks anew
+        assert list(got[0]) == list(got[1])
+    np.testing.assert_array_equal(cols["label"], fit.labels[cols["row"]])
+    with torch.no_grad():
+        for (key, x), stage in zip((("audio", fit.audio), ("visual", fit.visual)), stages):
+            want = stage(torch.from_numpy(x[cols["row"]])).numpy()
+            assert cols[key].shape == (fit.n, 4) and cols[key].dtype == np.float32
+            np.testing.assert_allclose(cols[key], want, rtol=1e-6, atol=1e-6)
 
 
 def _arranged(rows, order, seed):

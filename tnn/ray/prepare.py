@@ -1,10 +1,13 @@
-"""The driver's data plan for a Ray Train run: split, one statistics pass, input stages, the
+"""The driver's data plan for a Ray Train run: split, statistics, input stages, the
 projected fit set. A `ray.data` edge (with `tnn.ray.dataset`); the worker loop is `tnn.ray.train_loop`.
 
-    fit set -> Ray Dataset (in-memory `Pairs` as Arrow blocks, or shards read by `tnn.ray.dataset`)
-    one Ray Data pass: `CCAStats` per block (`cca_stats_batch`), summed on the driver
+    shard set -> Ray Dataset (shards read by `tnn.ray.dataset`)
+      one Ray Data pass: `CCAStats` per block (`cca_stats_batch`), summed on the driver
       -> standardiser [+ cluster-CCA projection] (`tnn.methods.linear.input_maps_from_stats`)
-    map_batches(`project_batch`); seeded shuffle; small blocks; materialised (cache)
+      map_batches(`project_batch`); seeded shuffle; small blocks; materialised (cache)
+    in-memory `Pairs` -> the same steps as numpy on the driver (its rows are here already;
+      a Ray Data pass would spend ~20 s starting task workers for milliseconds of work),
+      then the projected, shuffled blocks as one Ray Dataset (`in_memory_dataset`)
     val/test: in-memory `Pairs` (rank 0 scores the whole held-out parts)
 
 The split is `fit_tnn`'s (`tnn.train.plan`: the test fold, then a class-balanced validation
@@ -90,7 +93,7 @@ class Prepared:
     test: Pairs
     audio_in: nn.Module
     visual_in: nn.Module
-    stats: CCAStats  # raw statistics of the fit set (the distributed pass)
+    stats: CCAStats  # raw statistics of the fit set
     num_classes: int
 
     @property
@@ -98,16 +101,40 @@ class Prepared:
         return self.val.audio.shape[1], self.val.visual.shape[1]
 
 
-def arrays_dataset(p: Pairs, blocks: int = 8):
-    """In-memory rows -> a Ray Dataset of label, audio, visual (tensor columns) and row index."""
+def arrays_dataset(p: Pairs, blocks: int = 8, rows: np.ndarray | None = None):
+    """In-memory rows -> a Ray Dataset of label, audio, visual (tensor columns) and row (the
+    index of each row in the fit set: `rows`, else 0..n-1), cut into `blocks` near-equal blocks."""
     def fsl(x):
         return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)),
                                                  x.shape[1])
+    rows = np.arange(p.n) if rows is None else rows
     table = tensor_columns(pa.table({
         "label": pa.array(p.labels.astype(np.int64)), "audio": fsl(p.audio),
-        "visual": fsl(p.visual), "row": pa.array(np.arange(p.n, dtype=np.int64))}))
-    size = -(-p.n // max(1, min(blocks, p.n)))
-    return ray.data.from_arrow([table.slice(i, size) for i in range(0, p.n, size)])
+        "visual": fsl(p.visual), "row": pa.array(rows.astype(np.int64))}))
+    edges = np.linspace(0, p.n, max(1, min(blocks, p.n)) + 1).astype(int)
+    return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:])])
+
+
+def epoch_blocks(cfg: TrainJobConfig, n_fit: int) -> int:
+    """How many blocks shuffle="epoch" deals to the ranks: ~64 rows each, 8 a rank at least."""
+    return int(np.clip(n_fit // 64, 8 * cfg.workers, 1024))
+
+
+def in_memory_dataset(cfg: TrainJobConfig, fit: Pairs, audio_in: nn.Module,
+                      visual_in: nn.Module):
+    """The shard plan's projected, shuffled, cached fit set, built from in-memory rows on the
+    driver: a seeded permutation (unless shuffle="local"), `project_batch`, then Arrow blocks in
+    the object store (`epoch_blocks` of them for shuffle="epoch", dealt in a new order every
+    epoch; else 8). The row column keeps each row's index in `fit`."""
+    rows = np.arange(fit.n)
+    if cfg.shuffle != "local":
+        rows = np.random.default_rng(cfg.tnn.train.seed).permutation(fit.n)
+    shuffled = fit.subset(rows)
+    batch = project_batch({"audio": shuffled.audio, "visual": shuffled.visual}, audio_in, visual_in)
+    projected = dataclasses.replace(shuffled, audio=batch["audio"], visual=batch["visual"])
+    ds = arrays_dataset(projected, epoch_blocks(cfg, fit.n) if cfg.shuffle == "epoch" else 8,
+                        rows)
+    return ds.randomize_block_order() if cfg.shuffle == "epoch" else ds
 
 
 def split_shards(cfg: TrainJobConfig):
@@ -139,31 +166,37 @@ def split_shards(cfg: TrainJobConfig):
 
 
 def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
-    """Split, one statistics pass, input stages, the projected (cached) fit set."""
+    """Split, statistics, input stages, the projected (cached) fit set."""
     cfg = network_config(cfg)  # tnn-label: standardised inputs, its own split and batch
+    project = cfg.tnn.pipeline == "two-stage"
+    start = time.perf_counter()
     if is_shard_uri(cfg.data):
         fit_ds, n_fit, val, test = split_shards(cfg)
+        stats = dataset_stats(fit_ds, val.num_classes, cfg.read_cpus)
+        if int(stats.n) != n_fit:
+            raise DataError(f"{cfg.data}: the statistics pass saw {stats.n:.0f} rows, "
+                            f"expected {n_fit}")
     else:
         fit, val, test = split_in_memory(cfg)
-        fit_ds, n_fit = arrays_dataset(fit), fit.n
-    num_classes = val.num_classes
-    start = time.perf_counter()
-    stats = dataset_stats(fit_ds, num_classes, cfg.read_cpus)
-    if int(stats.n) != n_fit:
-        raise DataError(f"{cfg.data}: the statistics pass saw {stats.n:.0f} rows, expected {n_fit}")
-    audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn.cca, num_classes,
-                                                project=cfg.tnn.pipeline == "two-stage")
-    log(f"train: fit {n_fit}, val {val.n}, test {test.n} clips; statistics pass and "
-        f"{'cluster-CCA fit' if cfg.tnn.pipeline == 'two-stage' else 'standardiser'} in "
+        n_fit, stats = fit.n, CCAStats.from_arrays(fit.audio, fit.visual, fit.labels,
+                                                   val.num_classes)
+    audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn.cca, val.num_classes,
+                                                project=project)
+    log(f"train: fit {n_fit}, val {val.n}, test {test.n} clips; statistics "
+        f"{'pass ' if is_shard_uri(cfg.data) else ''}and "
+        f"{'cluster-CCA fit' if project else 'standardiser'} in "
         f"{time.perf_counter() - start:.1f} s")
+    if not is_shard_uri(cfg.data):
+        fit_ds = in_memory_dataset(cfg, fit, audio_in, visual_in)
+        return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, val.num_classes)
     fit_ds = fit_ds.map_batches(project_batch, batch_format="numpy", num_cpus=cfg.read_cpus,
                                 fn_kwargs={"audio_in": audio_in, "visual_in": visual_in})
     if cfg.shuffle != "local":  # sources are often sorted by class
         fit_ds = fit_ds.random_shuffle(seed=cfg.tnn.train.seed, num_cpus=cfg.read_cpus)
     if cfg.shuffle == "epoch":  # small blocks, dealt to the ranks in a new order every epoch
-        fit_ds = fit_ds.repartition(int(np.clip(n_fit // 64, 8 * cfg.workers, 1024)))
+        fit_ds = fit_ds.repartition(epoch_blocks(cfg, n_fit))
     if cfg.cache:
         fit_ds = fit_ds.materialize()
     if cfg.shuffle == "epoch":  # lazy, so it runs every epoch (unseeded: a seed repeats)
         fit_ds = fit_ds.randomize_block_order()
-    return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, num_classes)
+    return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, val.num_classes)

@@ -5,9 +5,9 @@ input stages, network, loss and early stopping (both run `tnn.methods.loop.fit_e
 runs where:
 
     driver                                            workers (`train_loop_per_worker`)
-    `tnn.ray.prepare.prepare`: split, one Ray Data     get_dataset_shard("fit"), local batches
-      statistics pass, input stages, projected and    prepare_model (DDP), global_batch_loss
-      cached fit set                                  rank 0: val MAP over the whole split,
+    `tnn.ray.prepare.prepare`: split, statistics      get_dataset_shard("fit"), local batches
+      (a Ray Data pass for shards), input stages,     prepare_model (DDP), global_batch_loss
+      projected and cached fit set                    rank 0: val MAP over the whole split,
     `fit`: val/test + input stages -> object store;     all-reduced so every rank stops alike
       TorchTrainer: gloo (CPU) | nccl (GPU),          report() every epoch on every rank,
       FailureConfig, local or s3:// storage             the checkpoint from rank 0 only
@@ -15,7 +15,7 @@ runs where:
 Differences from one process: dropout masks differ per rank; BatchNorm uses SyncBatchNorm on
 GPUs, but on CPU (SyncBatchNorm needs CUDA) it normalises each rank's local batch and the
 running statistics are averaged over ranks after every epoch. Without dropout and BatchNorm
-the parameters equal one process's on the same global batches (tests/test_train_loop.py).
+the parameters equal one process's on the same global batches (tests/ray/test_train_loop.py).
 
 Rank 0 sends each epoch's metrics, a resume and the final scores to the driver
 (`tnn.ray.progress`), which prints one line per epoch and logs them into the job's MLflow run:
