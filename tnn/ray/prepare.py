@@ -168,9 +168,9 @@ def split_shards(cfg: TrainJobConfig):
 def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
     """Split, statistics, input stages, the projected (cached) fit set."""
     cfg = network_config(cfg)  # tnn-label: standardised inputs, its own split and batch
-    project = cfg.tnn.pipeline == "two-stage"
+    project, shards = cfg.tnn.pipeline == "two-stage", is_shard_uri(cfg.data)
     start = time.perf_counter()
-    if is_shard_uri(cfg.data):
+    if shards:
         fit_ds, n_fit, val, test = split_shards(cfg)
         stats = dataset_stats(fit_ds, val.num_classes, cfg.read_cpus)
         if int(stats.n) != n_fit:
@@ -183,10 +183,9 @@ def prepare(cfg: TrainJobConfig, log=print) -> Prepared:
     audio_in, visual_in = input_maps_from_stats(stats, cfg.tnn.cca, val.num_classes,
                                                 project=project)
     log(f"train: fit {n_fit}, val {val.n}, test {test.n} clips; statistics "
-        f"{'pass ' if is_shard_uri(cfg.data) else ''}and "
-        f"{'cluster-CCA fit' if project else 'standardiser'} in "
-        f"{time.perf_counter() - start:.1f} s")
-    if not is_shard_uri(cfg.data):
+        f"{'pass ' if shards else ''}and {'cluster-CCA fit' if project else 'standardiser'} "
+        f"in {time.perf_counter() - start:.1f} s")
+    if not shards:
         fit_ds = in_memory_dataset(cfg, fit, audio_in, visual_in)
         return Prepared(fit_ds, n_fit, val, test, audio_in, visual_in, stats, val.num_classes)
     fit_ds = fit_ds.map_batches(project_batch, batch_format="numpy", num_cpus=cfg.read_cpus,
