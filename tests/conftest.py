@@ -10,7 +10,9 @@
   that Train/Tune need), started lazily by the first test that asks for it and again after a
   module asked for `no_session_ray` (tests/jobs/test_job_submit.py does, to run a head of its
   own). It depends on `s3_server` so Ray workers inherit the AWS environment, and runs with
-  `tests.support.RAY_ENV`. Never more than one Ray per machine.
+  `tests.support.RAY_ENV`. Never more than one Ray per machine. Files run in this order:
+  those without Ray tests, those on the session's Ray, then those that stop it to run a Ray
+  of their own (`no_session_ray`), so the session's Ray starts once (`file_ranks`).
 - `_no_leftovers` (every test): each process the session starts carries a session id in its
   environment; at the end, any still running 20 s after the fixtures stopped theirs (a Ray
   actor that outlived its raylet, a server a test forgot; not pytest's own multiprocessing
@@ -40,6 +42,38 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "tes
             "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "tnn-test"
 LEFTOVERS: list[str] = []
+
+
+# A test that may start Ray: marked `ray`, or asking for a fixture that starts or stops one.
+RAY_FIXTURES = {"ray_local", "_ray_session", "no_session_ray"}
+
+
+def may_start_ray(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("ray") or RAY_FIXTURES & set(item.fixturenames))
+
+
+def file_ranks(items: list[pytest.Item]) -> dict[str, int]:
+    """Per test file with Ray tests: 1 if one of them uses the session's Ray (`ray_local`),
+    else 2 (they stop it for a Ray of their own, `no_session_ray`, or need none). Files
+    without Ray tests are not listed: rank 0."""
+    session: dict[str, bool] = {}
+    for item in items:
+        if may_start_ray(item):
+            path = item.nodeid.split("::")[0]
+            session[path] = session.get(path, False) or "ray_local" in item.fixturenames
+    return {path: 1 if uses else 2 for path, uses in session.items()}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selection reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Marks every test that may start Ray `ray` (so `-m "not ray"` leaves it out) and orders
+    the files by `file_ranks`, file order within a rank: the session's Ray starts once, not
+    again after each file that stopped it for a Ray of its own."""
+    ranks = file_ranks(items)
+    items.sort(key=lambda item: ranks.get(item.nodeid.split("::")[0], 0))
+    for item in items:
+        if may_start_ray(item) and not item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.ray)
 
 
 def pytest_configure(config):

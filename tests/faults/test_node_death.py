@@ -1,10 +1,11 @@
 """A node dies, not only a worker process: on a three-node Ray cluster on this machine
 (`ray.cluster_utils.Cluster`: a head with no CPUs, where the driver runs, and two worker
 nodes), the node that holds the Train worker is killed mid-epoch with all its processes
-(raylet, object store, workers: SIGKILL), losing the blocks of the cached fit set that Ray
-Data had stored there. The run resumes from its last checkpoint on the surviving node (lost
-blocks are rebuilt from lineage), finishes with the test MAP of an uninterrupted run within
-noise, and its MLflow run is one run, resumed once.
+(raylet, object store, workers: SIGKILL). The fit set's blocks are not lost with it: for
+this in-memory source the driver put them in the head node's object store (`tnn.ray.prepare`,
+since 54c866b; before, Ray Data tasks cached them on the worker nodes). The run resumes from its
+last checkpoint on the surviving node, finishes with the test MAP of an uninterrupted run
+within noise, and its MLflow run is one run, resumed once.
 
 The same small run as tests/faults/test_train.py (600 clips, 12 epochs), one Train worker."""
 
