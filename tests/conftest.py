@@ -27,6 +27,7 @@ import os
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,15 +53,14 @@ def may_start_ray(item: pytest.Item) -> bool:
     return bool(item.get_closest_marker("ray") or RAY_FIXTURES & set(item.fixturenames))
 
 
-def file_ranks(items: list[pytest.Item]) -> dict[str, int]:
+def file_ranks(items: list[pytest.Item]) -> dict[Path, int]:
     """Per test file with Ray tests: 1 if one of them uses the session's Ray (`ray_local`),
     else 2 (they stop it for a Ray of their own, `no_session_ray`, or need none). Files
     without Ray tests are not listed: rank 0."""
-    session: dict[str, bool] = {}
+    session: dict[Path, bool] = {}
     for item in items:
         if may_start_ray(item):
-            path = item.nodeid.split("::")[0]
-            session[path] = session.get(path, False) or "ray_local" in item.fixturenames
+            session[item.path] = session.get(item.path, False) or "ray_local" in item.fixturenames
     return {path: 1 if uses else 2 for path, uses in session.items()}
 
 
@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config, items):
     the files by `file_ranks`, file order within a rank: the session's Ray starts once, not
     again after each file that stopped it for a Ray of its own."""
     ranks = file_ranks(items)
-    items.sort(key=lambda item: ranks.get(item.nodeid.split("::")[0], 0))
+    items.sort(key=lambda item: ranks.get(item.path, 0))
     for item in items:
         if may_start_ray(item) and not item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.ray)
